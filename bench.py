@@ -26,7 +26,53 @@ def timeit(fn, repeat: int = 3) -> float:
 # rewards: median time per response per metric; ROUGE-L bit-parallel LCS vs plain DP
 
 def bench_rewards(args):
-    print("rewards: not written yet")
+    import random
+
+    import rewards
+
+    # Realistic text: Zipf-distributed words with some numbers, ~16K ROUGE tokens (a max-length response).
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(5000)] + [str(i) for i in range(100)]
+    weights = [1 / (i + 1) for i in range(len(vocab))]
+    words = lambda n: " ".join(rng.choices(vocab, weights, k=n))  # noqa: E731
+    long_text = "\n".join(words(16) for _ in range(1000))  # 16K tokens in 1,000 lines
+    thinking = f"<think>{long_text}</think>"
+    gold = {
+        "precise_retrieval": ("w17 w3", "w17 w3"),
+        "comprehension": ("The correct answer is (C)", "C"),
+        "exhaustive_retrieval": ("w1\nw2\nw9", ["w1", "w2", "w3"]),
+        "numerical_reasoning": ("so it is 3/4", "0.75"),  # no box, no "answer is": the last-number scan
+        "structured_extraction": ('{"data": [["a", 1], ["b", 2]]}', '{"data": [["a", 1], ["c", 3]]}'),
+        "structured_matching": ("w1\nw2", ["w1", "w2", "w3"]),
+        "graded_ranking": ("w3\nw2\nw1", ["w1", "w2", "w3"]),
+        "sequence_ordering": ("w1\nw3\nw2", ["w1", "w2", "w3"]),
+        "summarization": (words(300), words(1000)),
+    }
+    print(f"median ms per response over 20 calls; response = {len(long_text):,} chars of thinking + answer, "
+          f"or the same text as the answer itself")
+    print(f"{'task':24s} {'metric':18s} {'score(think+ans)':>17s} {'metric(16K answer)':>19s}")
+    for task, (answer_part, g) in gold.items():
+        metric = rewards.TASKS[task]
+        t_score = timeit(lambda: rewards.score(task, thinking + answer_part, g, require_think=True), 20)
+        t_long = timeit(lambda: metric(long_text + "\n" + answer_part, g), 20)
+        print(f"{task:24s} {metric.__name__:18s} {t_score * 1e3:17.3f} {t_long * 1e3:19.3f}")
+
+    # ROUGE-L's LCS at 16K x 1K tokens: bit-parallel over Python ints vs the plain O(n*m) DP.
+    pred, ref = rewards.tokens(long_text), rewards.tokens(words(1000))
+    fast = timeit(lambda: rewards.lcs_length(pred, ref), 5)
+    t = time.perf_counter()
+    same = rewards.lcs_length_dp(pred, ref) == rewards.lcs_length(pred, ref)
+    plain = time.perf_counter() - t
+    print(f"\nLCS {len(pred):,} x {len(ref):,} tokens: bit-parallel {fast * 1e3:.1f} ms, plain DP "
+          f"{plain * 1e3:.0f} ms (1 run), ratio plain/fast {plain / fast:.0f}x, same length: {same}")
+
+    # score_batch: a loop vs a spawned process pool, 512 max-length summaries.
+    n = 512
+    tasks, responses, answers = ["summarization"] * n, [thinking + words(300)] * n, [words(1000)] * n
+    loop = timeit(lambda: rewards.score_batch(tasks, responses, answers), 1)
+    pool = timeit(lambda: rewards.score_batch(tasks, responses, answers, processes=2), 1)
+    print(f"score_batch {n} summaries: loop {loop:.2f} s, 2-process pool {pool:.2f} s "
+          f"(incl. start-up), ratio {loop / pool:.2f}x")
 
 
 # -----------------------------------------------------------------------------
