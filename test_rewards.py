@@ -208,6 +208,7 @@ def test_pairwise_accuracy_matches_brute_force():
     ("The answer is 12 apples.", "12", 1.0),
     ("so we get 12, and 13 is wrong... final: 12", "12", 1.0),   # last number
     ("\\boxed{12}", "12.0", 1.0),
+    ("12", "$\\boxed{12}$", 1.0),
     ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
     ("\\boxed{\\dfrac{6}{8}}", "\\frac{3}{4}", 1.0),
     ("\\boxed{\\frac{\\frac{3}{4}}{2}}", "0.375", 0.0),        # nested \frac: reads the inner 3/4 only
@@ -238,7 +239,7 @@ def test_math_equal(response, gold, expected):
     assert math_equal(response, gold) == expected
 
 
-@pytest.mark.parametrize("gold", ["twelve", "x^2+1", "", "1/0", None, ["12"]])
+@pytest.mark.parametrize("gold", ["twelve", "x^2+1", "", "1/0", None, ["12"], "\\boxed{12", "1" * 500])
 def test_math_equal_bad_gold(gold):
     with pytest.raises(ValueError, match="math_equal"):
         math_equal("12", gold)
