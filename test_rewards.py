@@ -239,6 +239,22 @@ def test_math_equal(response, gold, expected):
     assert math_equal(response, gold) == expected
 
 
+def test_math_equal_reads_every_written_form_of_random_numbers():
+    # Property test: the same random number written 6 ways, inside prose, equals its plain decimal gold;
+    # and is not equal to a gold 1% away.
+    rng = random.Random(5)
+    for _ in range(500):
+        a, b = rng.randint(-10**7, 10**7), rng.randint(1, 999)
+        x = a / b
+        forms = [f"{x:.12f}", f"{x:,.12f}", f"{x:.9e}", f"{a}/{b}", f"\\frac{{{a}}}{{{b}}}",
+                 f"\\boxed{{{x * 100:.10f}\\%}}"]
+        gold = repr(x)
+        for form in forms:
+            response = f"Adding the parts up, we finally get {form}"
+            assert math_equal(response, gold) == 1.0, (form, gold)
+            assert math_equal(response, repr(x * 1.01 + 1e-3)) == 0.0, (form, gold)
+
+
 @pytest.mark.parametrize("gold", ["twelve", "x^2+1", "", "1/0", None, ["12"], "\\boxed{12", "1" * 500])
 def test_math_equal_bad_gold(gold):
     with pytest.raises(ValueError, match="math_equal"):
