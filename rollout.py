@@ -1,0 +1,526 @@
+"""Batched rollout generation that prefills each prompt once and shares its KV cache across n samples.
+
+    from rollout import generate
+    ro = generate(model, [prompt_ids, ...], n=16, max_new_tokens=1024, eos_token_ids=[tok.eos_token_id],
+                  pad_token_id=tok.pad_token_id, seed=0)
+    ro.tokens, ro.mask, ro.logprobs, ro.lengths, ro.truncated, ro.stats
+
+    python -m pytest -q test_rollout.py      # equals model.generate greedy, logprobs, flash path (faked)
+    python bench.py --only rollout           # vs model.generate(num_return_sequences=n)
+
+Why (issue 5): in long-context GRPO the prompt is huge and each prompt is sampled G times.
+`model.generate(num_return_sequences=G)` prefills the prompt G times and keeps G copies of its KV cache.
+Here each prompt is prefilled once (in chunks, LM head on the last position only), its keys/values are
+stored once, and only the generated tokens get per-row storage: KV memory is prompt + n x generated
+instead of n x (prompt + generated). A decode step attends to the shared prompt part and to the row's
+own part separately and merges the two exactly with their log-sum-exp (`merge_attention`).
+
+The model is the Hugging Face model itself (embedding, decoder layers with their RoPE, norm, LM head);
+only attention is swapped, through ONE function registered with `transformers.AttentionInterface`
+(`shared_prefix_attention`). The model's attention setting and train/eval flags are restored afterwards.
+Kernels: on CUDA with flash-attn installed, `flash_attn_varlen_func` (prefill) and
+`flash_attn_with_kvcache` (decode); otherwise an exact torch path with the same semantics. Which one
+runs is printed once per process. Supported families: Qwen2, Qwen3, Llama (checked by model_type).
+
+Departures from verl (the paper's rollout engine is vLLM): no paged memory or continuous batching.
+Prompts are processed in waves that fit `kv_budget_tokens`; rows that finish are dropped from the
+batch at the next EOS check (every `check_every` steps, to avoid a host sync per token).
+"""
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
+ATTN_NAME = "golongrl_shared_prefix"  # the name our attention function is registered under
+_ANNOUNCED: set[str] = set()  # attention paths already printed in this process
+
+
+@dataclass
+class Rollout:
+    tokens: Tensor      # [P*n, T] int64, generated tokens only, pad_token_id after EOS; row i is prompt i // n
+    mask: Tensor        # [P*n, T] bool, True on generated tokens including the EOS token itself
+    logprobs: Tensor    # [P*n, T] float32, log p(token) under softmax(logits / temperature), 0 off-mask
+    lengths: Tensor     # [P*n] int64, valid generated tokens (incl. EOS)
+    truncated: Tensor   # [P*n] bool, True if no EOS before max_new_tokens
+    stats: dict = field(default_factory=dict)  # seconds, tokens/s, KV bytes, attention path, waves
+
+
+# -----------------------------------------------------------------------------
+# Attention kernels: plain torch helpers (the reference) and the merge of two partial attentions
+
+def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                       mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Softmax attention that also returns the log-sum-exp of the scores (the softmax normalizer).
+
+    q [B, Hkv, M, D] (grouped-query heads folded into M), k, v [B, Hkv, N, D], mask bool broadcastable
+    to [B, Hkv, M, N] (True = attend). Returns out [B, Hkv, M, D] in q's dtype, lse [B, Hkv, M] float32.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, Hkv, M, N]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # [B, Hkv, M]
+    probs = torch.exp(scores - lse.unsqueeze(-1))
+    return torch.matmul(probs.to(v.dtype), v), lse
+
+
+def merge_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact attention over the union of two disjoint key sets, from attention over each set.
+
+    out_* [B, S, H, D], lse_* [B, H, S] (flash-attn's layout). softmax over a union = each part's
+    softmax reweighted by exp(lse_part - lse_total), where lse_total = logaddexp(lse_a, lse_b).
+    """
+    lse = torch.logaddexp(lse_a, lse_b)  # [B, H, S]
+    w_a = torch.exp(lse_a - lse).transpose(1, 2).unsqueeze(-1)  # [B, S, H, 1]
+    w_b = torch.exp(lse_b - lse).transpose(1, 2).unsqueeze(-1)
+    out = out_a.float() * w_a + out_b.float() * w_b
+    return out.to(out_a.dtype), lse
+
+
+def causal_mask_bottom_right(q_len: int, k_len: int, device) -> Tensor:
+    """[q_len, k_len] bool: query i sees key j iff j <= i + (k_len - q_len) (flash-attn's alignment)."""
+    i = torch.arange(q_len, device=device).unsqueeze(1)
+    j = torch.arange(k_len, device=device).unsqueeze(0)
+    return j <= i + (k_len - q_len)
+
+
+# -----------------------------------------------------------------------------
+# The KV cache: prompt K/V once per prompt, generated K/V per row, plus what the attention hook needs
+
+@dataclass
+class Segment:
+    prompt: int   # prompt slot in the wave
+    start: int    # first prompt position in this chunk
+    end: int      # one past the last
+    q0: int       # offset of this segment inside the packed chunk
+
+
+class SharedPrefixCache:
+    """KV storage for one wave of prompts, in flash-attn's [batch, seq, kv_heads, head_dim] layout.
+
+    prompt_k/v[layer]: [P, Lmax, Hkv, D], one copy per prompt, read by all n rows of that prompt.
+    gen_k/v[layer]:    [A, T-1, Hkv, D], one slot per active row and generated token (preallocated).
+    """
+
+    def __init__(self, layers: int, prompt_lens: list[int], n: int, gen_capacity: int,
+                 kv_heads: int, head_dim: int, dtype, device, path: str):
+        P, Lmax = len(prompt_lens), max(prompt_lens)
+        shape_p, shape_g = (P, Lmax, kv_heads, head_dim), (P * n, gen_capacity, kv_heads, head_dim)
+        self.prompt_k = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
+        self.prompt_v = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
+        self.gen_k = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
+        self.gen_v = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
+        self.prompt_lens = torch.tensor(prompt_lens, device=device)  # [P] int64
+        self.n, self.path, self.phase = n, path, "prefill"
+        self.bytes = sum(t.numel() * t.element_size()
+                         for t in self.prompt_k + self.prompt_v + self.gen_k + self.gen_v)
+        # Row bookkeeping (decode): row r of the step batch is sample row_sample[r] of prompt row_prompt[r]
+        self.row_prompt = torch.arange(P, device=device).repeat_interleave(n)  # [A]
+        self.row_sample = torch.arange(n, device=device).repeat(P)             # [A]
+        self.step = 0  # the gen slot the current decode token is written to
+
+    # --- prefill metadata (set once per chunk, read by every layer)
+    def set_prefill(self, segments: list[Segment]):
+        self.phase, self.segments = "prefill", segments
+        device = self.prompt_lens.device
+        if self.path == "torch":  # one bottom-right causal mask per segment
+            self.masks = [causal_mask_bottom_right(s.end - s.start, s.end, device) for s in segments]
+        else:  # flash-attn varlen wants int32 cumulative lengths of the packed q and k
+            q_lens = [s.end - s.start for s in segments]
+            k_lens = [s.end for s in segments]
+            self.cu_q = torch.tensor([0] + q_lens, device=device).cumsum(0).to(torch.int32)
+            self.cu_k = torch.tensor([0] + k_lens, device=device).cumsum(0).to(torch.int32)
+            self.max_q, self.max_k = max(q_lens), max(k_lens)
+
+    # --- decode: drop finished rows (and prompts with no row left); one host sync, every few steps
+    def keep_rows(self, keep: Tensor):
+        """keep: [A] bool over the current rows. Compacts gen caches, prompt caches and bookkeeping."""
+        idx = keep.nonzero().squeeze(1)
+        self.gen_k = [t.index_select(0, idx) for t in self.gen_k]
+        self.gen_v = [t.index_select(0, idx) for t in self.gen_v]
+        self.row_prompt, self.row_sample = self.row_prompt[idx], self.row_sample[idx]
+        live = torch.zeros_like(self.prompt_lens, dtype=torch.bool)
+        live[self.row_prompt] = True
+        if not bool(live.all()):  # free the prompt KV of prompts whose n rows all finished
+            p_idx = live.nonzero().squeeze(1)
+            self.prompt_lens = self.prompt_lens[p_idx]
+            Lmax = int(self.prompt_lens.max())  # trim padding too
+            self.prompt_k = [t[:, :Lmax].index_select(0, p_idx) for t in self.prompt_k]
+            self.prompt_v = [t[:, :Lmax].index_select(0, p_idx) for t in self.prompt_v]
+            self.row_prompt = (live.cumsum(0) - 1)[self.row_prompt]  # old slot -> new slot
+        return idx
+
+    def set_decode(self, step: int):
+        self.phase, self.step = "decode", step
+        if self.path == "flash":  # int32 metadata for flash_attn_with_kvcache
+            self.cache_batch_idx = self.row_prompt.to(torch.int32)
+            self.prompt_seqlens = self.prompt_lens[self.row_prompt].to(torch.int32)
+            self.gen_seqlens = torch.full_like(self.cache_batch_idx, step)
+
+
+# -----------------------------------------------------------------------------
+# The four kernels: prefill / decode x torch / flash-attn. HF gives q [B, H, S, D], k, v [B, Hkv, S, D].
+
+def prefill_torch(cache, layer, q, k, v, scale):
+    """Packed chunk (B=1): write each segment's K/V to its prompt, attend causally to prompt[:end]."""
+    out = torch.empty_like(q.transpose(1, 2))  # [1, S, H, D]
+    for seg, mask in zip(cache.segments, cache.masks):
+        c = seg.end - seg.start
+        cache.prompt_k[layer][seg.prompt, seg.start:seg.end] = k[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
+        cache.prompt_v[layer][seg.prompt, seg.start:seg.end] = v[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
+        keys = cache.prompt_k[layer][seg.prompt, :seg.end].transpose(0, 1)[None]  # [1, Hkv, end, D]
+        vals = cache.prompt_v[layer][seg.prompt, :seg.end].transpose(0, 1)[None]
+        o = F.scaled_dot_product_attention(q[:, :, seg.q0:seg.q0 + c], keys, vals, attn_mask=mask,
+                                           scale=scale, enable_gqa=True)  # [1, H, c, D]
+        out[0, seg.q0:seg.q0 + c] = o[0].transpose(0, 1)
+    return out
+
+
+def prefill_flash(cache, layer, q, k, v, scale):
+    """Same as prefill_torch with one flash_attn_varlen_func call over the packed segments."""
+    from flash_attn import flash_attn_varlen_func
+    keys, vals = [], []
+    for seg in cache.segments:
+        c = seg.end - seg.start
+        cache.prompt_k[layer][seg.prompt, seg.start:seg.end] = k[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
+        cache.prompt_v[layer][seg.prompt, seg.start:seg.end] = v[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
+        keys.append(cache.prompt_k[layer][seg.prompt, :seg.end])  # [end, Hkv, D], incl. earlier chunks
+        vals.append(cache.prompt_v[layer][seg.prompt, :seg.end])
+    out = flash_attn_varlen_func(q[0].transpose(0, 1).contiguous(), torch.cat(keys), torch.cat(vals),
+                                 cache.cu_q, cache.cu_k, cache.max_q, cache.max_k,
+                                 softmax_scale=scale, causal=True)  # [S, H, D]
+    return out[None]
+
+
+def decode_torch(cache, layer, q, k, v, scale):
+    """One new token per row: attention over the shared prompt + over the row's own tokens, merged."""
+    A, H, _, D = q.shape
+    Hkv, n = k.shape[1], cache.n
+    g = H // Hkv
+    cache.gen_k[layer][:, cache.step] = k[:, :, 0]  # this token's K/V into its row's own slot
+    cache.gen_v[layer][:, cache.step] = v[:, :, 0]
+    # Shared part: put the rows of each prompt side by side so the prompt's K/V are read once, not per
+    # row (no gather of the prompt per row): grid [P, n] of queries, empty slots are zeros.
+    P = cache.prompt_lens.shape[0]
+    slot = cache.row_prompt * n + cache.row_sample  # [A]
+    grid = q.new_zeros(P * n, H, D)
+    grid[slot] = q[:, :, 0]
+    grid = grid.view(P, n, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * g, D)
+    pk = cache.prompt_k[layer].transpose(1, 2)  # [P, Hkv, Lmax, D]
+    pv = cache.prompt_v[layer].transpose(1, 2)
+    key_ok = torch.arange(pk.shape[2], device=q.device) < cache.prompt_lens[:, None]  # [P, Lmax]
+    o_p, lse_p = attention_with_lse(grid, pk, pv, scale, key_ok[:, None, None, :])
+    o_p = o_p.view(P, Hkv, n, g, D).permute(0, 2, 1, 3, 4).reshape(P * n, H, D)[slot]  # [A, H, D]
+    lse_p = lse_p.view(P, Hkv, n, g).permute(0, 2, 1, 3).reshape(P * n, H)[slot]     # [A, H]
+    # Own part: all active rows are at the same step, so their own keys are gen[:, :step+1].
+    gk = cache.gen_k[layer][:, :cache.step + 1].transpose(1, 2)  # [A, Hkv, step+1, D]
+    gv = cache.gen_v[layer][:, :cache.step + 1].transpose(1, 2)
+    o_g, lse_g = attention_with_lse(q.view(A, Hkv, g, D), gk, gv, scale)
+    out, _ = merge_attention(o_p[:, None], lse_p[:, :, None],
+                             o_g.reshape(A, 1, H, D), lse_g.reshape(A, H, 1))
+    return out  # [A, 1, H, D]
+
+
+def decode_flash(cache, layer, q, k, v, scale):
+    """decode_torch with two flash_attn_with_kvcache calls: the prompt cache indexed per row by
+    cache_batch_idx (no copy), and the row's own cache, appended in place by the kernel."""
+    from flash_attn import flash_attn_with_kvcache
+    q = q.transpose(1, 2)  # [A, 1, H, D]
+    o_p, lse_p = flash_attn_with_kvcache(q, cache.prompt_k[layer], cache.prompt_v[layer],
+                                         cache_seqlens=cache.prompt_seqlens,
+                                         cache_batch_idx=cache.cache_batch_idx,
+                                         softmax_scale=scale, causal=False, return_softmax_lse=True)
+    o_g, lse_g = flash_attn_with_kvcache(q, cache.gen_k[layer], cache.gen_v[layer],
+                                         k=k.transpose(1, 2), v=v.transpose(1, 2),
+                                         cache_seqlens=cache.gen_seqlens,
+                                         softmax_scale=scale, causal=True, return_softmax_lse=True)
+    out, _ = merge_attention(o_p, lse_p, o_g, lse_g)
+    return out
+
+
+KERNELS = {("prefill", "torch"): prefill_torch, ("prefill", "flash"): prefill_flash,
+           ("decode", "torch"): decode_torch, ("decode", "flash"): decode_flash}
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                            **kwargs):
+    """The one attention function the model runs while `generate` is active (AttentionInterface).
+
+    HF's attention module has already projected and rotated q [B, H, S, D], k, v [B, Hkv, S, D]; the
+    cache arrives as the `rollout_cache` keyword, passed down from the decoder-layer call in this file.
+    Returns ([B, S, H, D], None) like transformers' own attention functions.
+    """
+    cache = kwargs.get("rollout_cache")
+    if cache is None:
+        raise RuntimeError(f"attention '{ATTN_NAME}' only runs inside rollout.generate (no rollout_cache)")
+    if kwargs.get("sliding_window"):
+        raise ValueError("sliding-window attention layers are not supported by rollout.generate")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = KERNELS[cache.phase, cache.path](cache, module.layer_idx, query, key, value, scale)
+    return out, None
+
+
+# -----------------------------------------------------------------------------
+# Sampling: temperature, top-k, top-p; log-probs before filtering
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """logits [B, V] -> same with -inf outside the top-k / top-p (nucleus) support, HF's order (k, then p).
+    Top-p keeps the smallest prefix (by probability) whose mass reaches top_p; the top token always stays."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """logits [B, V] float32 -> (tokens [B], logprobs [B]). logprobs are under softmax(logits / T),
+    before filtering: what the training forward computes. Greedy (T=0) reports T=1 log-probs."""
+    if temperature == 0:
+        tok = logits.argmax(-1)
+        return tok, torch.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0]
+    scaled = logits / temperature
+    logp = torch.log_softmax(scaled, -1)
+    probs = torch.softmax(filter_logits(scaled, top_k, top_p), -1)
+    # argmax(p / E) with E ~ Exp(1) is a sample from p, without a host sync (gpt-fast's trick); the clamp
+    # keeps E > 0 so a zero-probability token can never win through 0/0.
+    noise = torch.empty_like(probs).exponential_(1, generator=generator).clamp_min_(1e-30)
+    tok = (probs / noise).argmax(-1)
+    return tok, logp.gather(-1, tok[:, None])[:, 0]
+
+
+# -----------------------------------------------------------------------------
+# Model plumbing: HF modules, one forward over packed tokens, switching the attention setting
+
+def check_model(model):
+    """The model's base (embed, layers, norm, rotary) for the supported families, else ValueError."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"rollout.generate supports model_type in {SUPPORTED_MODEL_TYPES}, got "
+                         f"{model_type!r} ({type(model).__name__}); other families need their own check")
+    if getattr(model.config, "use_sliding_window", False):
+        raise ValueError(f"{type(model).__name__}: sliding-window attention is not supported by rollout")
+    return model.model
+
+
+def forward_tokens(model, base, ids: Tensor, positions: Tensor, cache: SharedPrefixCache,
+                   last: Tensor) -> Tensor:
+    """ids, positions [B, S] -> float32 logits [len(last), V] at the flat (b*S + s) indices `last`.
+    The HF decoder layers do the work; attention goes to shared_prefix_attention with `cache`."""
+    h = base.embed_tokens(ids)  # [B, S, C]
+    rope = base.rotary_emb(h, positions)  # (cos, sin) [B, S, D], from each token's own position
+    for layer in base.layers[:model.config.num_hidden_layers]:
+        h = layer(h, attention_mask=None, position_ids=positions, position_embeddings=rope,
+                  rollout_cache=cache)
+    h = h.flatten(0, 1)[last]  # LM head on the positions we sample from only
+    return model.lm_head(base.norm(h)).float()
+
+
+@contextmanager
+def inference_setting(model, attn_name: str):
+    """eval mode + our attention for the duration; restores every module's training flag and the
+    config's attention implementation afterwards, also on error (training shares the model object)."""
+    flags = [(m, m.training) for m in model.modules()]
+    previous = model.config._attn_implementation
+    model.eval()
+    model.config._attn_implementation = attn_name  # the config setter also updates sub-configs
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
+        for m, was in flags:
+            m.training = was
+
+
+def choose_attention(attention: str, device: torch.device, dtype) -> tuple[str, str]:
+    """'auto' | 'torch' | 'flash' -> (path, why). 'flash' forces flash-attn even on CPU: the tests use
+    it with a fake flash_attn module to check the GPU path against the torch path."""
+    try:
+        import flash_attn  # noqa: F401
+        have_flash = True
+    except ImportError:
+        have_flash = False
+    if attention == "flash":
+        if not have_flash:
+            raise ValueError("attention='flash' but flash_attn is not importable")
+        return "flash", "forced by attention='flash'"
+    if attention == "torch":
+        return "torch", "forced by attention='torch'"
+    if attention != "auto":
+        raise ValueError(f"attention must be 'auto', 'torch' or 'flash', got {attention!r}")
+    if not have_flash:
+        return "torch", "flash_attn not importable"
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return "torch", f"flash-attn needs CUDA and fp16/bf16, model is {device.type} {dtype}"
+    return "flash", "flash_attn found, CUDA, half precision"
+
+
+def plan_chunks(lengths: list[int], chunk_tokens: int) -> list[list[Segment]]:
+    """Cut the concatenated prompts into chunks of <= chunk_tokens tokens; a long prompt spans chunks,
+    short ones share a chunk (packed, attention stays within each prompt)."""
+    chunks, cur, room = [], [], chunk_tokens
+    for p, L in enumerate(lengths):
+        s = 0
+        while s < L:
+            e = min(L, s + room)
+            cur.append(Segment(p, s, e, chunk_tokens - room))
+            room -= e - s
+            s = e
+            if room == 0:
+                chunks.append(cur)
+                cur, room = [], chunk_tokens
+    return chunks + ([cur] if cur else [])
+
+
+def plan_waves(lengths: list[int], n: int, max_new_tokens: int, budget: int | None) -> list[list[int]]:
+    """Prompt indices grouped into waves whose KV (padded prompts + n rows x new tokens) fits budget.
+    Longest first, so prompts of similar length share a wave and padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if budget is None:
+        return [order]
+    waves, cur = [], []
+    for i in order:
+        cost = lambda ws: max(lengths[j] for j in ws) * len(ws) + len(ws) * n * max_new_tokens  # noqa: E731
+        if cost([i]) > budget:
+            raise ValueError(f"prompt {i} ({lengths[i]} tokens, n={n} x {max_new_tokens} new) needs "
+                             f"{cost([i])} KV tokens, more than kv_budget_tokens={budget}")
+        if cur and cost(cur + [i]) > budget:
+            waves.append(cur)
+            cur = []
+        cur.append(i)
+    return waves + ([cur] if cur else [])
+
+
+# -----------------------------------------------------------------------------
+# generate: waves -> prefill (chunked) -> decode loop with EOS checks every few steps
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, temperature: float = 1.0,
+             top_p: float = 1.0, top_k: int = 0, eos_token_ids: list[int] | int, pad_token_id: int,
+             seed: int | None = None, kv_budget_tokens: int | None = None,
+             prefill_chunk_tokens: int = 2048, check_every: int = 8,
+             attention: str = "auto") -> Rollout:
+    """Sample n continuations of each prompt (see the module docstring and `Rollout`).
+
+    kv_budget_tokens: max KV positions per wave (per layer), counted as P*Lmax + P*n*max_new_tokens.
+    prefill_chunk_tokens: tokens per prefill forward. check_every: decode steps between EOS checks.
+    attention: 'auto' (flash-attn on CUDA when installed), 'torch', or 'flash' (forced; tests only).
+    """
+    # --- validate input before touching the model
+    base = check_model(model)
+    vocab = model.config.vocab_size
+    eos = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+    if n < 1 or max_new_tokens < 1 or not eos or check_every < 1 or prefill_chunk_tokens < 1:
+        raise ValueError(f"need n, max_new_tokens, check_every, prefill_chunk_tokens >= 1 and an EOS id "
+                         f"(n={n}, max_new_tokens={max_new_tokens}, eos={eos})")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
+    for i, p in enumerate(prompts):
+        if len(p) == 0 or min(p) < 0 or max(p) >= vocab:
+            raise ValueError(f"prompt {i}: empty or token id outside [0, {vocab}) (len {len(p)})")
+    embed = base.embed_tokens.weight
+    device, dtype = embed.device, embed.dtype
+    path, why = choose_attention(attention, device, dtype)
+    if path not in _ANNOUNCED:
+        _ANNOUNCED.add(path)
+        print(f"rollout: attention path = {path} ({why})", flush=True)
+    from transformers import AttentionInterface
+    AttentionInterface.register(ATTN_NAME, shared_prefix_attention)  # idempotent
+
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    lengths = [len(p) for p in prompts]
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    eos_t = torch.tensor(eos, device=device)
+    # Outputs for all rows, written in place by index (no cat per step); trimmed to the longest row.
+    rows_total = len(prompts) * n
+    tokens = torch.full((rows_total, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((rows_total, max_new_tokens), dtype=torch.bool, device=device)
+    logprobs = torch.zeros((rows_total, max_new_tokens), dtype=torch.float32, device=device)
+    stats = dict(attention=path, prefill_s=0.0, decode_s=0.0, kv_bytes=0, waves=0, decode_steps=0,
+                 prompt_tokens=sum(lengths))
+
+    with inference_setting(model, ATTN_NAME):
+        for wave in plan_waves(lengths, n, max_new_tokens, kv_budget_tokens):
+            stats["waves"] += 1
+            wave_lens = [lengths[i] for i in wave]
+            cache = SharedPrefixCache(cfg.num_hidden_layers, wave_lens, n, max(max_new_tokens - 1, 1),
+                                      cfg.num_key_value_heads, head_dim, dtype, device, path)
+            stats["kv_bytes"] = max(stats["kv_bytes"], cache.bytes)
+
+            # --- prefill: each prompt once, in packed chunks; logits at each prompt's last token
+            t0 = time.perf_counter()
+            first_logits = torch.empty(len(wave), vocab, device=device)  # [P, V]
+            for segs in plan_chunks(wave_lens, prefill_chunk_tokens):
+                ids = torch.tensor([t for s in segs for t in prompts[wave[s.prompt]][s.start:s.end]],
+                                   device=device)[None]  # [1, S]
+                pos = torch.cat([torch.arange(s.start, s.end, device=device) for s in segs])[None]
+                ends = [s for s in segs if s.end == wave_lens[s.prompt]]
+                cache.set_prefill(segs)
+                last = torch.tensor([s.q0 + s.end - s.start - 1 for s in ends], dtype=torch.long,
+                                    device=device)
+                logits = forward_tokens(model, base, ids, pos, cache, last)  # [len(ends), V]
+                first_logits[[s.prompt for s in ends]] = logits
+            _sync(device)
+            t1 = time.perf_counter()
+            stats["prefill_s"] += t1 - t0
+
+            # --- decode: row r of this wave is global row wave[r // n] * n + r % n
+            rows = (torch.tensor(wave, device=device)[:, None] * n
+                    + torch.arange(n, device=device)).flatten()  # [A] global row ids, prompt-major
+            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+            tok, lp = sample_next(first_logits.repeat_interleave(n, 0), temperature, top_k, top_p,
+                                  generator)
+            for t in range(max_new_tokens):
+                if t > 0:
+                    if t % check_every == 0:  # the only host sync of the loop: drop finished rows
+                        keep = ~done
+                        if not bool(keep.any()):
+                            break
+                        if not bool(keep.all()):
+                            idx = cache.keep_rows(keep)
+                            rows, done, tok = rows[idx], done[idx], tok[idx]
+                    # the previous token sits at position prompt_len + t - 1 and gen slot t - 1
+                    cache.set_decode(t - 1)
+                    pos = (cache.prompt_lens[cache.row_prompt] + t - 1)[:, None]  # [A, 1]
+                    logits = forward_tokens(model, base, tok[:, None], pos, cache,
+                                            torch.arange(len(rows), device=device))
+                    tok, lp = sample_next(logits, temperature, top_k, top_p, generator)
+                    stats["decode_steps"] += 1
+                # record token t of each row; rows that already ended get pad / masked out
+                tokens[rows, t] = torch.where(done, pad_token_id, tok)
+                logprobs[rows, t] = torch.where(done, 0.0, lp)
+                mask[rows, t] = ~done
+                done = done | torch.isin(tok, eos_t)
+                tok = torch.where(done, pad_token_id, tok)  # finished rows feed pad until dropped
+            _sync(device)
+            stats["decode_s"] += time.perf_counter() - t1
+            del cache
+
+    lengths_out = mask.sum(1)
+    T = max(int(lengths_out.max()), 1)
+    ended = (torch.isin(tokens, eos_t) & mask).any(1)
+    total = float(lengths_out.sum())
+    secs = stats["prefill_s"] + stats["decode_s"]
+    stats.update(generated_tokens=int(total), tokens_per_s=total / max(secs, 1e-9),
+                 # what per-row caches (model.generate with num_return_sequences) would hold
+                 kv_bytes_per_row_cache=rows_total * (max(lengths) + max_new_tokens) * 2
+                 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * embed.element_size())
+    return Rollout(tokens[:, :T], mask[:, :T], logprobs[:, :T], lengths_out, ~ended, stats)

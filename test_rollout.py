@@ -1,0 +1,326 @@
+"""Tests for rollout.py: the shared-prefix generation loop against slow obvious references.
+
+    python -m pytest -q test_rollout.py --durations=10
+
+References: `model.generate(do_sample=False)` (greedy tokens), a teacher-forced forward of the same
+model (log-probs), plain attention over the concatenated keys (the log-sum-exp merge), and a fake
+`flash_attn` module written here from flash-attn's documented semantics (the GPU path, run on CPU).
+Tiny random models use initializer_range=0.3 so that they do not just repeat the last token.
+"""
+
+import math
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rollout
+from conftest import tiny_llama, tiny_qwen3
+
+INIT = 0.3  # random weights large enough for varied, attention-dependent continuations
+
+
+def random_prompts(vocab: int, lengths, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (L,), generator=g).tolist() for L in lengths]
+
+
+def hf_greedy(model, prompt: list[int], max_new_tokens: int, eos: int) -> list[int]:
+    """The reference: transformers' own greedy generate, one prompt at a time (no padding)."""
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=eos, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def teacher_forced_logprobs(model, prompt: list[int], gen: list[int], temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) of each generated token, from one plain forward over prompt + gen."""
+    ids = torch.tensor([prompt + gen])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1:-1].float()  # predicts gen[0], gen[1], ...
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(gen)[:, None])[:, 0]
+
+
+def check_row_invariants(ro, eos: set[int], pad: int, max_new_tokens: int):
+    """EOS ends a row, pad after it, mask/lengths/truncated consistent, the limit respected."""
+    assert ro.tokens.shape[1] <= max_new_tokens
+    for r in range(ro.tokens.shape[0]):
+        toks, L = ro.tokens[r].tolist(), int(ro.lengths[r])
+        assert ro.mask[r].tolist() == [True] * L + [False] * (len(toks) - L)
+        assert all(t == pad for t in toks[L:]) and (ro.logprobs[r, L:] == 0).all()
+        hits = [i for i, t in enumerate(toks[:L]) if t in eos]
+        if ro.truncated[r]:
+            assert hits == [] and L == max_new_tokens
+        else:
+            assert hits == [L - 1]  # the first EOS is the last valid token
+
+
+# -----------------------------------------------------------------------------
+# Attention helpers: log-sum-exp merge == plain attention over the concatenation
+
+def test_merge_attention_equals_attention_over_concatenation():
+    torch.manual_seed(0)
+    B, H, Hkv, D, Na, Nb = 3, 6, 2, 8, 11, 5
+    q = torch.randn(B, Hkv, H // Hkv, D)  # grouped-query heads folded into M
+    k, v = torch.randn(B, Hkv, Na + Nb, D), torch.randn(B, Hkv, Na + Nb, D)
+    ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)  # [B, Hkv, g, D]
+    o_a, lse_a = rollout.attention_with_lse(q, k[:, :, :Na], v[:, :, :Na], 0.3)
+    o_b, lse_b = rollout.attention_with_lse(q, k[:, :, Na:], v[:, :, Na:], 0.3)
+    as_flash = lambda o, lse: (o.reshape(B, H, 1, D).transpose(1, 2), lse.reshape(B, H, 1))  # noqa: E731
+    out, lse = rollout.merge_attention(*as_flash(o_a, lse_a), *as_flash(o_b, lse_b))
+    torch.testing.assert_close(out[:, 0], ref.reshape(B, H, D), atol=1e-5, rtol=1e-5)
+    full = torch.logsumexp(torch.matmul(q, k.transpose(-1, -2)) * 0.3, -1)
+    torch.testing.assert_close(lse[:, :, 0], full.reshape(B, H), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_with_lse_mask_equals_sdpa():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 2, 4, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    mask = rollout.causal_mask_bottom_right(4, 9, "cpu")
+    assert mask[0].tolist() == [True] * 6 + [False] * 3 and mask[3].all()  # bottom-right aligned
+    out, _ = rollout.attention_with_lse(q, k, v, 0.5, mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5))
+
+
+# -----------------------------------------------------------------------------
+# Greedy == model.generate, token for token
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_greedy_equals_hf_generate(family):
+    model = tiny_qwen3(initializer_range=INIT) if family == "qwen3" else tiny_llama(initializer_range=INIT)
+    V, new, n = model.config.vocab_size, 14, 3
+    prompts = random_prompts(V, [9, 2, 23, 5])
+    # EOS = a token prompt 0 emits mid-way, so rows end (and are dropped) at different steps
+    eos = hf_greedy(model, prompts[0], new, eos=V + 1)[6]
+    refs = [hf_greedy(model, p, new, eos) for p in prompts]
+    assert any(len(r) < new for r in refs) and any(len(r) == new for r in refs)
+    ro = rollout.generate(model, prompts, n, new, temperature=0, eos_token_ids=eos, pad_token_id=0,
+                          prefill_chunk_tokens=8, check_every=3)  # chunks span and pack prompts
+    for r in range(len(prompts) * n):
+        ref = refs[r // n]  # rows are prompt-major
+        assert ro.tokens[r, :len(ref)].tolist() == ref, (r, ro.tokens[r].tolist(), ref)
+        assert int(ro.lengths[r]) == len(ref) and bool(ro.truncated[r]) == (ref[-1] != eos)
+    check_row_invariants(ro, {eos}, 0, new)
+    assert model.config._attn_implementation == "sdpa" and not model.training
+
+
+def test_kv_memory_is_prompt_plus_n_times_generated():
+    model = tiny_llama(initializer_range=INIT)
+    c = model.config
+    prompts, n, new = random_prompts(c.vocab_size, [30, 20]), 4, 6
+    ro = rollout.generate(model, prompts, n, new, temperature=0, eos_token_ids=2, pad_token_id=0)
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    # prompt slots padded to the longest prompt of the wave; n rows x (new - 1) generated slots
+    assert ro.stats["kv_bytes"] == per_token * (2 * 30 + 2 * n * (new - 1))
+    assert ro.stats["kv_bytes_per_row_cache"] == per_token * 2 * n * (30 + new)
+
+
+def test_waves_under_kv_budget_give_the_same_rollout():
+    model = tiny_llama(initializer_range=INIT)
+    prompts = random_prompts(model.config.vocab_size, [12, 30, 7, 19])
+    kw = dict(temperature=0, eos_token_ids=2, pad_token_id=0)
+    one = rollout.generate(model, prompts, 2, 8, **kw)
+    waves = rollout.generate(model, prompts, 2, 8, kv_budget_tokens=60, **kw)
+    assert one.stats["waves"] == 1 and waves.stats["waves"] == 3
+    assert torch.equal(one.tokens, waves.tokens) and torch.equal(one.lengths, waves.lengths)
+    with pytest.raises(ValueError, match="kv_budget_tokens"):
+        rollout.generate(model, prompts, 2, 8, kv_budget_tokens=40, **kw)
+
+
+# -----------------------------------------------------------------------------
+# Sampling: log-probs, EOS, limits, seeds, top-k, top-p
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.7, 8, 0.9)])
+def test_sampled_logprobs_equal_teacher_forced_forward(temperature, top_k, top_p):
+    # vocab 32: EOS (id 2) comes up often, so rows end at different steps and are dropped mid-batch
+    model = tiny_llama(vocab_size=32, initializer_range=INIT)
+    prompts, n, new = random_prompts(32, [6, 13, 3]), 4, 20
+    ro = rollout.generate(model, prompts, n, new, temperature=temperature, top_k=top_k, top_p=top_p,
+                          eos_token_ids=[2], pad_token_id=0, seed=3, check_every=2)
+    assert ro.truncated.any() and not ro.truncated.all()  # both kinds of rows are exercised
+    for r in range(len(prompts) * n):
+        L = int(ro.lengths[r])
+        ref = teacher_forced_logprobs(model, prompts[r // n], ro.tokens[r, :L].tolist(), temperature)
+        torch.testing.assert_close(ro.logprobs[r, :L], ref, atol=1e-4, rtol=0)
+    check_row_invariants(ro, {2}, 0, new)
+
+
+def test_eos_list_pad_and_max_new_tokens():
+    model = tiny_llama(vocab_size=32, initializer_range=INIT)
+    prompts = random_prompts(32, [4, 9])
+    ro = rollout.generate(model, prompts, 6, 11, eos_token_ids=[2, 5], pad_token_id=31, seed=0)
+    check_row_invariants(ro, {2, 5}, 31, 11)
+    assert (~ro.truncated).any()
+    short = rollout.generate(model, prompts, 2, 1, eos_token_ids=[2], pad_token_id=0, seed=0)
+    assert short.tokens.shape == (4, 1) and short.mask.all()
+
+
+def test_same_seed_same_tokens():
+    model = tiny_llama(initializer_range=INIT)
+    prompts = random_prompts(model.config.vocab_size, [5, 8])
+    run = lambda seed: rollout.generate(model, prompts, 4, 10, eos_token_ids=2, pad_token_id=0,  # noqa: E731
+                                        seed=seed).tokens
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_top_k_1_equals_greedy():
+    model = tiny_qwen3(initializer_range=INIT)
+    prompts = random_prompts(model.config.vocab_size, [6, 11])
+    kw = dict(eos_token_ids=151645, pad_token_id=0)
+    greedy = rollout.generate(model, prompts, 3, 10, temperature=0, **kw)
+    top1 = rollout.generate(model, prompts, 3, 10, temperature=0.8, top_k=1, seed=5, **kw)
+    assert torch.equal(greedy.tokens, top1.tokens)
+
+
+def test_top_p_top_k_keep_the_right_support():
+    # probabilities 0.5, 0.25, 0.125, 0.0625 x 2: nucleus 0.7 = {0, 1}; 0.8 = {0, 1, 2}; top-k 1 = {0}
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625]))[[3, 0, 2, 1, 4]]  # shuffled
+    ids = {0: 1, 1: 3, 2: 2}  # rank -> vocab id after the shuffle
+    g = torch.Generator().manual_seed(0)
+    for top_k, top_p, support in [(0, 0.7, {0, 1}), (0, 0.8, {0, 1, 2}), (2, 0.95, {0, 1}), (1, 1.0, {0})]:
+        kept = rollout.filter_logits(logits[None], top_k, top_p)[0].isfinite().nonzero()[:, 0].tolist()
+        assert set(kept) == {ids[i] for i in support}
+        tok, logp = rollout.sample_next(logits.expand(2000, 5), 1.0, top_k, top_p, g)
+        assert set(tok.tolist()) == {ids[i] for i in support}  # every kept token drawn, nothing else
+        # log-probs are those of the unfiltered distribution
+        torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[tok])
+
+
+# -----------------------------------------------------------------------------
+# The flash-attn path, on CPU, against a fake flash_attn that follows the documented semantics
+
+def _reference_attention(q, k, v, scale, causal):
+    """q [Sq, H, D], k, v [Sk, Hkv, D] -> out [Sq, H, D], lse [H, Sq]; bottom-right causal mask."""
+    Sq, H, _ = q.shape
+    Sk, Hkv, _ = k.shape
+    k, v = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)  # head h uses kv h // g
+    scores = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * scale
+    if causal:
+        i, j = torch.arange(Sq)[:, None], torch.arange(Sk)[None]
+        scores = scores.masked_fill(j > i + Sk - Sq, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    out = torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v.float())
+    return out.to(q.dtype), lse
+
+
+def make_fake_flash_attn(calls: dict):
+    """A module named flash_attn with the two functions rollout uses, in plain torch."""
+
+    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                               dropout_p=0.0, softmax_scale=None, causal=False, **unused):
+        calls["varlen"] = calls.get("varlen", 0) + 1
+        assert cu_seqlens_q.dtype == cu_seqlens_k.dtype == torch.int32 and q.dim() == k.dim() == 3
+        assert len(cu_seqlens_q) == len(cu_seqlens_k) and cu_seqlens_q[-1] == q.shape[0]
+        assert cu_seqlens_k[-1] == k.shape[0] and q.is_contiguous()
+        scale = softmax_scale or q.shape[-1] ** -0.5
+        out = torch.empty_like(q)
+        for b in range(len(cu_seqlens_q) - 1):
+            qs, qe, ks, ke = *cu_seqlens_q[b:b + 2].tolist(), *cu_seqlens_k[b:b + 2].tolist()
+            assert qe - qs <= max_seqlen_q and ke - ks <= max_seqlen_k
+            out[qs:qe] = _reference_attention(q[qs:qe], k[ks:ke], v[ks:ke], scale, causal)[0]
+        return out
+
+    def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
+                                cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None,
+                                block_table=None, softmax_scale=None, causal=False,
+                                return_softmax_lse=False, **unused):
+        calls["kvcache"] = calls.get("kvcache", 0) + 1
+        assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and q.dim() == 4
+        B, Sq, H, _ = q.shape
+        if isinstance(cache_seqlens, int):
+            cache_seqlens = torch.full((k_cache.shape[0],), cache_seqlens, dtype=torch.int32)
+        assert cache_seqlens.dtype == torch.int32 and cache_seqlens.shape == (B,)
+        if cache_batch_idx is None:
+            cache_batch_idx = torch.arange(B, dtype=torch.int32)
+        assert cache_batch_idx.dtype == torch.int32 and cache_batch_idx.shape == (B,)
+        scale = softmax_scale or q.shape[-1] ** -0.5
+        out, lse = torch.empty_like(q), torch.empty(B, H, Sq)
+        for b in range(B):
+            c, L = int(cache_batch_idx[b]), int(cache_seqlens[b])
+            if k is not None:  # append the new keys in place at cache_seqlens, then attend to them too
+                k_cache[c, L:L + k.shape[1]], v_cache[c, L:L + k.shape[1]] = k[b], v[b]
+                L += k.shape[1]
+            out[b], lse[b] = _reference_attention(q[b], k_cache[c, :L], v_cache[c, :L], scale, causal)
+        return (out, lse) if return_softmax_lse else out
+
+    mod = types.ModuleType("flash_attn")
+    mod.flash_attn_varlen_func, mod.flash_attn_with_kvcache = flash_attn_varlen_func, flash_attn_with_kvcache
+    return mod
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_flash_path_with_fake_flash_attn_equals_torch_path(family, monkeypatch):
+    calls = {}
+    monkeypatch.setitem(sys.modules, "flash_attn", make_fake_flash_attn(calls))
+    model = tiny_qwen3(initializer_range=INIT) if family == "qwen3" else tiny_llama(vocab_size=32,
+                                                                                   initializer_range=INIT)
+    prompts = random_prompts(model.config.vocab_size, [10, 3, 17])
+    for kw in [dict(temperature=0), dict(temperature=0.9, top_p=0.95, seed=11)]:
+        run = lambda attention: rollout.generate(  # noqa: E731
+            model, prompts, 3, 12, eos_token_ids=2, pad_token_id=0, prefill_chunk_tokens=7,
+            check_every=2, attention=attention, **kw)
+        t, f = run("torch"), run("flash")
+        assert t.stats["attention"] == "torch" and f.stats["attention"] == "flash"
+        assert torch.equal(t.tokens, f.tokens) and torch.equal(t.mask, f.mask)
+        torch.testing.assert_close(t.logprobs, f.logprobs, atol=1e-5, rtol=0)
+    assert calls["varlen"] > 0 and calls["kvcache"] > 0
+    # 'auto' takes flash-attn only on CUDA: this CPU run stays on the torch path
+    auto = rollout.generate(model, prompts, 1, 2, eos_token_ids=2, pad_token_id=0, temperature=0)
+    assert auto.stats["attention"] == "torch"
+
+
+def test_forcing_flash_without_flash_attn_is_an_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # makes `import flash_attn` fail
+    with pytest.raises(ValueError, match="flash_attn"):
+        rollout.generate(tiny_llama(), [[5, 6]], 1, 2, eos_token_ids=2, pad_token_id=0, attention="flash")
+
+
+# -----------------------------------------------------------------------------
+# The model comes back as it was; bad input is refused
+
+def test_attention_setting_and_training_flag_restored_also_on_error(capsys, monkeypatch):
+    model = tiny_llama(initializer_range=INIT).train()
+    model.model.layers[0].eval()  # a mixed state, restored exactly
+    monkeypatch.setattr(rollout, "_ANNOUNCED", set())
+    rollout.generate(model, [[5, 6, 7]], 2, 3, eos_token_ids=2, pad_token_id=0, seed=0)
+    rollout.generate(model, [[5, 6, 7]], 2, 3, eos_token_ids=2, pad_token_id=0, seed=0)
+    assert capsys.readouterr().out.count("rollout: attention path = torch") == 1  # said once
+    assert model.config._attn_implementation == "sdpa"
+    assert model.training and not model.model.layers[0].training and model.model.layers[1].training
+
+    def boom(*args):
+        assert model.config._attn_implementation == rollout.ATTN_NAME  # our hook was active
+        raise RuntimeError("boom")
+    handle = model.model.layers[1].register_forward_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        rollout.generate(model, [[5, 6, 7]], 2, 3, eos_token_ids=2, pad_token_id=0)
+    handle.remove()
+    assert model.config._attn_implementation == "sdpa"
+    assert model.training and not model.model.layers[0].training and model.model.layers[1].training
+    # the restored model still trains with its own attention
+    model(torch.tensor([[5, 6, 7]])).logits.sum().backward()
+
+
+def test_refuses_unsupported_family_and_bad_input():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="gpt2"):
+        rollout.generate(gpt2, [[1, 2]], 1, 2, eos_token_ids=0, pad_token_id=0)
+    model = tiny_llama()
+    for prompts in ([[]], [[1, 512]], [[-1]]):
+        with pytest.raises(ValueError, match="prompt 0"):
+            rollout.generate(model, prompts, 1, 2, eos_token_ids=2, pad_token_id=0)
+    with pytest.raises(ValueError, match="top_p"):
+        rollout.generate(model, [[5]], 1, 2, eos_token_ids=2, pad_token_id=0, top_p=0.0)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_plan_chunks_packs_and_splits_prompts():
+    chunks = rollout.plan_chunks([5, 2, 9], 4)
+    flat = [(s.prompt, s.start, s.end, s.q0) for c in chunks for s in c]
+    assert flat == [(0, 0, 4, 0), (0, 4, 5, 0), (1, 0, 2, 1), (2, 0, 1, 3), (2, 1, 5, 0), (2, 5, 9, 0)]
+    assert [sum(s.end - s.start for s in c) for c in chunks] == [4, 4, 4, 4]
+    assert math.isclose(sum(s.end - s.start for c in chunks for s in c), 16)
