@@ -131,7 +131,7 @@ def check_answer(task: str, answer) -> Optional[str]:
         try:
             rows = json.loads(answer)["data"] if isinstance(answer, str) else answer
         except (ValueError, TypeError, KeyError):
-            return 'must be rows or a JSON string {"data": rows}'
+            return f'must be rows or a JSON string {{"data": rows}} for {task}'
         ok = isinstance(rows, list) and all(isinstance(r, list) for r in rows)
     else:  # list tasks: F1, SubEM, NDCG, pairwise
         ok = isinstance(answer, list) and answer and all(isinstance(a, str) and a.strip() for a in answer)
@@ -171,7 +171,8 @@ def parse_record(rec, where: str) -> Sample:
             known = ", ".join(f"{c} {n}" for c, (n, _) in LONGBENCH_PRO.items())
             raise _Unknown("unknown_reward_mode", f"{where}: unknown LongBench-Pro reward_mode {mode!r}; known: {known}")
         task = LONGBENCH_PRO[code][1]
-        answer = _get(gt, "doc_ids", list, where, "reward_model.ground_truth.doc_ids")
+        gt_name = "reward_model.ground_truth.doc_ids"
+        answer = _get(gt, "doc_ids", list, where, gt_name)
     elif source in ("EM", "selection"):
         task = SOURCES[source]
         answer = _get(gt, "golden_label", str, where, gt_name)
@@ -191,7 +192,7 @@ def parse_record(rec, where: str) -> Sample:
         raise _Unknown("unknown_data_source", f"{where}: unknown data_source {source!r}; known: {', '.join(SOURCES)}")
     problem = check_answer(task, answer)
     if problem:
-        raise DataError(f"{where}: field 'reward_model.ground_truth' {problem}")
+        raise DataError(f"{where}: field {gt_name!r} {problem}")
 
     meta = {k: v for k, v in extra.items() if k not in ("index", "task")}
     if "ability" in rec:
