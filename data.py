@@ -31,7 +31,6 @@ import json
 import logging
 import random
 import re
-import sys
 import sysconfig
 import textwrap
 import time
@@ -692,7 +691,7 @@ def make_graded_ranking(docs, ctx, rng):
     cands = []
     for w in _candidate_words(counts, tw):
         have = [c[w] for c in counts if c[w]]
-        if len(have) >= 3 and len(set(have)) == len(have):  # no ties: the order is unique
+        if len(have) >= min(3, len(docs) - 1) and len(set(have)) == len(have):  # no ties: one right order
             cands.append(w)
     if not cands:
         return None
@@ -732,7 +731,7 @@ MAKERS = {"precise_retrieval": make_precise_retrieval, "comprehension": make_com
           "structured_extraction": make_structured_extraction, "structured_matching": make_structured_matching,
           "graded_ranking": make_graded_ranking, "sequence_ordering": make_sequence_ordering,
           "summarization": make_summarization}
-QUESTION_RESERVE = 256  # tokens kept free for the question (quotes included) when packing documents
+QUESTION_RESERVE = 256  # tokens kept free for the question (quotes included), at most 1/4 of the context
 
 
 def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, context_tokens: int, seed: int, *,
@@ -752,7 +751,7 @@ def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, conte
     for task in tasks:
         for i in range(n_per_task):
             rng = random.Random(f"{seed}:{task}:{i}")  # str seeds hash with sha512: same in every process
-            budget = context_tokens - overhead - QUESTION_RESERVE
+            budget = context_tokens - overhead - min(QUESTION_RESERVE, context_tokens // 4)
             for _ in range(60):
                 forced, pair = (), None
                 if task == "summarization":  # the code to summarize, at most ~60% of the documents' room
@@ -907,14 +906,18 @@ class PromptBatches:
         """This rank's share (prompts_per_step / world_size samples) of the next global batch."""
         return [self.samples[i] for i in self.next_global()[self.rank::self.world]]
 
-    def state_dict(self) -> dict:
-        return {"step": self.step, "epochs": dict(self.epochs), "cursors": dict(self.cursors),
-                "n_samples": len(self.samples), "seed": self.seed, "prompts_per_step": self.B,
+    def _identity(self) -> dict:
+        # What fixes the global order. rank and world_size do not: resuming on another number of GPUs
+        # continues the same sequence of global batches, only sliced differently.
+        return {"n_samples": len(self.samples), "seed": self.seed, "prompts_per_step": self.B,
                 "balanced": self.balanced}
 
+    def state_dict(self) -> dict:
+        """Plain ints and dicts (JSON-able): the position in every stream."""
+        return {"step": self.step, "epochs": dict(self.epochs), "cursors": dict(self.cursors), **self._identity()}
+
     def load_state_dict(self, state: dict) -> None:
-        for k in ("n_samples", "seed", "prompts_per_step", "balanced"):
-            mine = len(self.samples) if k == "n_samples" else getattr(self, {"prompts_per_step": "B"}.get(k, k))
+        for k, mine in self._identity().items():
             if state[k] != mine:
                 raise ValueError(f"batch state was saved with {k}={state[k]}, this run has {mine}")
         self.step, self.epochs, self.cursors = state["step"], dict(state["epochs"]), dict(state["cursors"])

@@ -338,7 +338,7 @@ def check_built(s: Sample):
             assert num == k and ctx.count(quote) == 1 and quote in docs[title]
     elif s.task == "graded_ranking":
         n = [recount(word, docs[t]) for t in s.answer]
-        assert n == sorted(n, reverse=True) and len(set(n)) == len(n) >= 3 and min(n) > 0
+        assert n == sorted(n, reverse=True) and len(set(n)) == len(n) >= min(3, len(docs) - 1) and min(n) > 0
         assert set(s.answer) == {t for t, x in docs.items() if recount(word, x)}
     elif s.task == "sequence_ordering":
         quotes = dict(re.findall(r'^(S\d+): "(.*)"$', q, flags=re.M))
@@ -379,8 +379,10 @@ def test_build_longer_context_packs_more_documents(qwen_tokenizer):
     for s in samples:
         check_built(s)
         assert 4096 < s.meta["prompt_tokens"] <= 8192 and len(s.meta["documents"]) >= 5
-    with pytest.raises(RuntimeError, match="could not build|no code"):
-        data.build_tasks(docs, qwen_tokenizer, 1, 300, seed=0, tasks=["summarization"])
+    with pytest.raises(RuntimeError, match="no code to summarize fits"):
+        data.build_tasks(docs, qwen_tokenizer, 1, 100, seed=0, tasks=["summarization"])
+    with pytest.raises(RuntimeError, match="could not build a sequence_ordering task"):
+        data.build_tasks(docs, qwen_tokenizer, 1, 100, seed=0, tasks=["sequence_ordering"])
 
 
 def test_cli_build_writes_loadable_file(tmp_path, qwen_tokenizer, second_corpus, capsys):
@@ -409,14 +411,34 @@ def test_pass_rates_and_band():
         data.filter_by_difficulty(samples, [0.5])
 
 
-def test_measure_pass_rates_with_a_tiny_model(tmp_path, qwen_tokenizer, make_tiny_qwen3, built_default):
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, qwen_tokenizer):
+    """A tiny random Qwen3 with the real tokenizer, saved like any Hugging Face model folder."""
+    from conftest import tiny_qwen3
+    path = tmp_path_factory.mktemp("tiny-qwen3")
+    tiny_qwen3().save_pretrained(path)
+    qwen_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_measure_pass_rates_with_a_tiny_model(tiny_model_dir, built_default):
     pytest.importorskip("rollout")
-    model_dir = tmp_path / "tiny"
-    make_tiny_qwen3().save_pretrained(model_dir)
-    qwen_tokenizer.save_pretrained(model_dir)
-    samples = [built_default[0], built_default[3]]
-    rates = data.measure_pass_rates(samples, str(model_dir), n=2, max_new_tokens=4, seed=0)
-    assert len(rates) == 2 and all(r in (0.0, 0.5, 1.0) for r in rates)  # 2 samples each: 0, 1/2 or 1
+    samples = [built_default[0], built_default[12]]
+    # 4 random tokens never reproduce a gold answer: pass rate 0. With threshold 0 every reward passes.
+    assert data.measure_pass_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4) == [0.0, 0.0]
+    assert data.measure_pass_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4, threshold=0.0) == [1.0, 1.0]
+
+
+def test_cli_build_with_difficulty_filter(tmp_path, tiny_model_dir, capsys):
+    pytest.importorskip("rollout")
+    out = tmp_path / "f.jsonl"
+    base = ["build", "--out", str(out), "--context-tokens", "512", "--n-per-task", "1", "--tokenizer",
+            str(tiny_model_dir), "--filter-with", str(tiny_model_dir), "--filter-n", "2", "--filter-max-new-tokens", "2"]
+    data.main(base)  # the default band (0, 1) drops all: a random model solves nothing
+    assert data.load_jsonl(out) == [] and "'too_hard': 9" in capsys.readouterr().out
+    data.main(base + ["--filter-low", "-1", "--filter-high", "2", "--filter-threshold", "0.5"])  # keep all
+    kept = data.load_jsonl(out)
+    assert len(kept) == 9 and all(s.meta["pass_rate"] == 0.0 for s in kept)
 
 
 # -----------------------------------------------------------------------------
