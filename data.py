@@ -353,7 +353,10 @@ def _reflow(text: str) -> str:
     out = []
     for p in paras:
         lines = [ln.rstrip() for ln in p.split("\n")]
-        out.append(" ".join(lines) if not any(LIST_START.match(ln) for ln in lines) else "\n".join(lines))
+        if any(LIST_START.match(ln) for ln in lines):
+            out.append("\n".join(lines))
+        else:  # "read-\nonly" was one word broken at its hyphen: no space there
+            out.append(re.sub(r"(?<=[A-Za-z]-)\n(?=[a-z])", "", "\n".join(lines)).replace("\n", " "))
     return "\n\n".join(p for p in out if p.strip())
 
 
@@ -466,8 +469,8 @@ class CodeSummary:
 
 def load_code_summaries(modules: Sequence[str] = CODE_MODULES) -> list[CodeSummary]:
     """(code, docstring) pairs from standard-library sources, read as text (nothing is imported).
-    Kept: modules, classes and functions whose docstring is 80-1000 characters of prose (no doctest)
-    and whose remaining code is at least as long as the docstring."""
+    Kept: modules, classes and functions whose docstring is 80-1000 characters of plain prose (no
+    doctest, list or indented block) and whose remaining code is at least as long as the docstring."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     pairs = []
     for name in modules:
@@ -484,6 +487,8 @@ def load_code_summaries(modules: Sequence[str] = CODE_MODULES) -> list[CodeSumma
             doc = ast.get_docstring(node)
             if not doc or not 80 <= len(doc) <= 1000 or ">>>" in doc:
                 continue
+            if any(LIST_START.match(ln) for ln in doc.split("\n")):
+                continue  # lists, tables, indented examples: not a prose summary
             first = node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else getattr(node, "lineno", 1)
             last = getattr(node, "end_lineno", len(lines))
             ds = node.body[0]  # the docstring statement: drop its lines
@@ -530,6 +535,9 @@ def _excerpt(d: _PoolDoc, budget: int, rng: random.Random) -> Optional[tuple[str
     """A run of consecutive paragraphs of d within `budget` tokens, from a random start."""
     if budget <= 0 or not d.paras:
         return None
+    whole = sum(d.ntok) + len(d.ntok)
+    if whole <= budget:  # long contexts: whole documents
+        return "\n\n".join(d.paras), whole
     start = rng.randrange(len(d.paras))
     for s in list(range(start, len(d.paras))) + list(range(start)):
         total, j = 0, s
@@ -547,13 +555,14 @@ def _pack(pool: _Pool, budget: int, rng: random.Random, forced=()) -> list[tuple
     used = {t.lower() for t, _, _ in forced}
     left = budget - sum(n for _, _, n in forced)
     per = max(64, budget // 4)  # ~4+ passages per prompt at short contexts, whole documents at long ones
-    misses = 0
-    while left >= 48 and misses < 30:
+    misses = 0  # consecutive draws that added nothing: the pool is used up or the room too small
+    while left >= 48 and misses < 50:
         d = pool.docs[rng.randrange(len(pool.docs))]
         got = None if d.title.lower() in used else _excerpt(d, min(per, left) - d.title_tok, rng)
         if got is None:
             misses += 1
             continue
+        misses = 0
         chosen.append((d.title, got[0]))
         used.add(d.title.lower())
         left -= got[1] + d.title_tok
@@ -965,6 +974,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if lens:
         print(f"prompt tokens: min {min(lens)}, mean {sum(lens) / len(lens):.0f}, max {max(lens)} "
               f"(limit {args.context_tokens})")
+        if sum(lens) < 0.5 * len(lens) * args.context_tokens:
+            print("note: the documents run out before the context is full; pass more with --docs")
     print(f"wrote {len(samples)} samples to {args.out} in {time.time() - t0:.1f} s")
 
 
