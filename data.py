@@ -208,9 +208,13 @@ def load_jsonl(path, *, skip_unknown: bool = False, counts: Optional[dict] = Non
     (reason -> number) and logged. Blank lines are skipped and counted as "blank_line"."""
     counts = {} if counts is None else counts
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes, so a bad byte is reported with its line number
+        for lineno, raw in enumerate(f, 1):
             where = f"{Path(path).name}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a leading BOM
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 counts["blank_line"] = counts.get("blank_line", 0) + 1
                 continue
@@ -697,14 +701,14 @@ def make_structured_matching(docs, ctx, rng):
 
 def make_graded_ranking(docs, ctx, rng):
     counts, tw = _word_counts(docs)
-    cands = []
+    cands = {2: [], 3: []}  # words by how many documents contain them (3 = three or more)
     for w in _candidate_words(counts, tw):
         have = [c[w] for c in counts if c[w]]
-        if len(have) >= min(3, len(docs) - 1) and len(set(have)) == len(have):  # no ties: one right order
-            cands.append(w)
-    if not cands:
+        if len(have) >= 2 and len(set(have)) == len(have):  # no ties: one right order
+            cands[min(3, len(have))].append(w)
+    if not cands[2] + cands[3]:
         return None
-    w = rng.choice(cands)
+    w = rng.choice(cands[3] or cands[2])  # prefer longer rankings; short contexts may only allow two
     ranked = sorted((-c[w], k) for k, c in enumerate(counts) if c[w])
     return (f'Question: Rank the documents that contain the word "{w}" from the most to the fewest '
             f'occurrences of it. {WORD_RULE}.\n{LIST_FORMAT.format("title")}'), [docs[k][0] for _, k in ranked]

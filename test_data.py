@@ -158,6 +158,16 @@ def test_malformed_lines_name_file_line_and_field(tmp_path, line, words):
         assert w in str(e.value), (w, str(e.value))
 
 
+def test_encoding_errors_name_the_line(tmp_path):
+    good = json.dumps(record("EM", {"golden_label": "ok"})).encode()
+    path = tmp_path / "enc.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + good[:30] + b"\xff\xfe" + good[30:] + b"\n")
+    with pytest.raises(DataError, match=r"enc.jsonl:2: not UTF-8"):  # line 1's BOM is fine
+        data.load_jsonl(path)
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n")
+    assert [s.answer for s in data.load_jsonl(path)] == ["ok"]
+
+
 def test_unknown_source_and_mode_error_or_skip_with_counts(tmp_path, caplog):
     good = record("EM", {"golden_label": "ok"})
     src = record("my_new_source", {"golden_label": "x"})
@@ -338,7 +348,7 @@ def check_built(s: Sample):
             assert num == k and ctx.count(quote) == 1 and quote in docs[title]
     elif s.task == "graded_ranking":
         n = [recount(word, docs[t]) for t in s.answer]
-        assert n == sorted(n, reverse=True) and len(set(n)) == len(n) >= min(3, len(docs) - 1) and min(n) > 0
+        assert n == sorted(n, reverse=True) and len(set(n)) == len(n) >= 2 and min(n) > 0
         assert set(s.answer) == {t for t, x in docs.items() if recount(word, x)}
     elif s.task == "sequence_ordering":
         quotes = dict(re.findall(r'^(S\d+): "(.*)"$', q, flags=re.M))
