@@ -393,27 +393,27 @@ def split_sections(text: str, title: str, max_chars: int = 8000) -> list[Documen
         body = _reflow(body)
         if not body:
             continue  # a heading directly followed by another heading
-        parts, cur = [], ""
+        parts, cur = [], ""  # greedy: paragraphs join the current part while it stays under max_chars
         for p in body.split("\n\n"):
-            while len(p) > max_chars:  # one huge paragraph: hard cut at a line end, else at max_chars
-                k = p.rfind("\n", 0, max_chars)
-                k = k if k > 0 else max_chars
-                parts.append(cur) if cur else None
-                parts.append(p[:k])
-                cur, p = "", p[k:].lstrip("\n")
             if cur and len(cur) + 2 + len(p) > max_chars:
                 parts.append(cur)
                 cur = ""
+            while len(p) > max_chars:  # one huge paragraph: hard cut at a line end, else at max_chars
+                k = p.rfind("\n", 0, max_chars)
+                k = k if k > 0 else max_chars
+                parts.append(p[:k])
+                p = p[k:].lstrip("\n")
             cur = f"{cur}\n\n{p}" if cur else p
-        parts.append(cur) if cur.strip() else None
+        if cur.strip():
+            parts.append(cur)
         docs += [Document(t if len(parts) == 1 else f"{t} (part {k})", x) for k, x in enumerate(parts, 1)]
     return docs
 
 
 def _read_text(path: Path) -> str:
     try:
-        data = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-        return data.decode("utf-8")
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        return raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read as UTF-8 text ({e})") from None
 
@@ -613,11 +613,17 @@ def _candidate_words(counts, title_words) -> list[str]:
     return sorted({w for c in counts for w in c if len(w) >= 4 and w not in title_words})
 
 
+# The nine task makers. Each gets the packed documents [(title, text)], their rendered text `ctx` and
+# the sample's rng, and returns (question, gold answer) or None when this context cannot support the
+# task (build_tasks then packs another context). Each question states the output format its reward
+# reads. Word questions count WORD matches (runs of ASCII letters, case-folded), words of 4+ letters
+# that appear in no title; quotes are sentences that occur exactly once in the context.
 WORD_RULE = "Count standalone occurrences in any letter case, not parts of longer words"
 LIST_FORMAT = 'Write "[Answer]" and then one {} per line, nothing else.'
 
 
 def make_precise_retrieval(docs, ctx, rng):
+    """EM: quote a sentence, ask for the one right after it (the quote occurs once in the context)."""
     cands = [(t, p[i], p[i + 1]) for t, x in docs for p in _sentences(x) for i in range(len(p) - 1)
              if _good(p[i]) and _good(p[i + 1])]
     rng.shuffle(cands)
@@ -629,6 +635,7 @@ def make_precise_retrieval(docs, ctx, rng):
 
 
 def make_comprehension(docs, ctx, rng):
+    """Multiple choice: which of four sentences (all from the context) is in document T."""
     sents = _unique_sentences(docs, ctx)
     target = rng.choice(sents)[0] if sents else 0
     gold = [s for i, s in sents if i == target]
@@ -644,6 +651,7 @@ def make_comprehension(docs, ctx, rng):
 
 
 def make_exhaustive_retrieval(docs, ctx, rng):
+    """F1: every document that mentions a word (in some but not all documents)."""
     counts, tw = _word_counts(docs)
     n = len(docs)
     cands = [w for w in _candidate_words(counts, tw) if 2 <= sum(c[w] > 0 for c in counts) <= max(2, n - 1)]
@@ -656,6 +664,7 @@ def make_exhaustive_retrieval(docs, ctx, rng):
 
 
 def make_numerical_reasoning(docs, ctx, rng):
+    """Math: how often a word occurs, in one document or summed over all of them."""
     counts, tw = _word_counts(docs)
     words = _candidate_words(counts, tw)
     if rng.random() < 0.5:  # one document
@@ -675,6 +684,7 @@ def make_numerical_reasoning(docs, ctx, rng):
 
 
 def make_structured_extraction(docs, ctx, rng):
+    """IoU: a JSON table, one row [title, count] per document that mentions a word."""
     counts, tw = _word_counts(docs)
     cands = [w for w in _candidate_words(counts, tw) if sum(c[w] > 0 for c in counts) >= 2]
     if not cands:
@@ -687,6 +697,7 @@ def make_structured_extraction(docs, ctx, rng):
 
 
 def make_structured_matching(docs, ctx, rng):
+    """SubEM: match up to four quotes (from different documents) to their document titles."""
     by_doc: dict = {}
     for i, s in _unique_sentences(docs, ctx):
         by_doc.setdefault(i, []).append(s)
@@ -700,6 +711,7 @@ def make_structured_matching(docs, ctx, rng):
 
 
 def make_graded_ranking(docs, ctx, rng):
+    """NDCG: rank the documents that mention a word by how often, counts all different (no ties)."""
     counts, tw = _word_counts(docs)
     cands = {2: [], 3: []}  # words by how many documents contain them (3 = three or more)
     for w in _candidate_words(counts, tw):
@@ -715,6 +727,7 @@ def make_graded_ranking(docs, ctx, rng):
 
 
 def make_sequence_ordering(docs, ctx, rng):
+    """Pairwise: put three to five shuffled quotes back in the order they appear in the context."""
     sents = [s for _, s in _unique_sentences(docs, ctx)]
     k = min(5, len(sents))
     if k < 3:
@@ -731,6 +744,7 @@ def make_sequence_ordering(docs, ctx, rng):
 
 
 def make_summarization(docs, ctx, rng, pair: CodeSummary):
+    """ROUGE-L: write the removed docstring of a standard-library function, class or module."""
     # The reference must not be readable in the context (e.g. copied into a comment or another docstring).
     squash = " ".join(ctx.lower().split())
     if any(len(s) > 25 and " ".join(s.lower().split()) in squash for s in SENT_SPLIT.split(pair.summary)):

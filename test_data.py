@@ -290,6 +290,11 @@ def test_split_sections_headings_and_reflow():
     assert docs[0].text == "Intro line one wraps here."
     assert docs[1].text == "Body a is wrapped.\n\n   code()\n   more()"
     assert "# not a heading" in docs[2].text
+    paras = ["a" * 50] * 5 + ["b" * 300, "c" * 20]  # no headings; one paragraph longer than max_chars
+    parts = data.split_sections("\n\n".join(paras), "f", max_chars=120)
+    assert [d.title for d in parts] == [f"f (part {k})" for k in range(1, 7)]
+    assert all(len(d.text) <= 120 for d in parts)
+    assert "".join(d.text for d in parts).replace("\n", "") == "".join(paras)  # nothing lost
 
 
 # -----------------------------------------------------------------------------
