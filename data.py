@@ -718,9 +718,9 @@ def make_graded_ranking(docs, ctx, rng):
         have = [c[w] for c in counts if c[w]]
         if len(have) >= 2 and len(set(have)) == len(have):  # no ties: one right order
             cands[min(3, len(have))].append(w)
-    if not cands[2] + cands[3]:
-        return None
-    w = rng.choice(cands[3] or cands[2])  # prefer longer rankings; short contexts may only allow two
+    if not cands[3] and (not cands[2] or rng.random() < 0.75):
+        return None  # prefer a new context with a longer ranking; short contexts may only allow two
+    w = rng.choice(cands[3] or cands[2])
     ranked = sorted((-c[w], k) for k, c in enumerate(counts) if c[w])
     return (f'Question: Rank the documents that contain the word "{w}" from the most to the fewest '
             f'occurrences of it. {WORD_RULE}.\n{LIST_FORMAT.format("title")}'), [docs[k][0] for _, k in ranked]
