@@ -168,7 +168,8 @@ def parse_record(rec, where: str) -> Sample:
         code = (mode.split() or [""])[0]
         if code not in LONGBENCH_PRO:
             known = ", ".join(f"{c} {n}" for c, (n, _) in LONGBENCH_PRO.items())
-            raise _Unknown("unknown_reward_mode", f"{where}: unknown LongBench-Pro reward_mode {mode!r}; known: {known}")
+            raise _Unknown("unknown_reward_mode",
+                           f"{where}: unknown LongBench-Pro reward_mode {mode!r}; known: {known}")
         task = LONGBENCH_PRO[code][1]
         gt_name = "reward_model.ground_truth.doc_ids"
         answer = _get(gt, "doc_ids", list, where, gt_name)
@@ -188,7 +189,8 @@ def parse_record(rec, where: str) -> Sample:
             raise DataError(f"{where}: field 'extra_info.task' is {task!r}, not one of {', '.join(TASK_NAMES)}")
         answer = _get(gt, "golden_label", (str, list), where, gt_name)
     else:
-        raise _Unknown("unknown_data_source", f"{where}: unknown data_source {source!r}; known: {', '.join(SOURCES)}")
+        raise _Unknown("unknown_data_source",
+                       f"{where}: unknown data_source {source!r}; known: {', '.join(SOURCES)}")
     problem = check_answer(task, answer)
     if problem:
         raise DataError(f"{where}: field {gt_name!r} {problem}")
@@ -321,7 +323,9 @@ def encode_prompts(samples: Sequence[Sample], tokenizer, max_prompt_tokens: int,
     for s in samples:
         x = chat_ids(tokenizer, s.prompt)
         if len(x) > max_prompt_tokens:
-            cut = truncate_prompt(s.prompt, s.meta.get("question"), tokenizer, max_prompt_tokens) if truncate else None
+            cut = None
+            if truncate:
+                cut = truncate_prompt(s.prompt, s.meta.get("question"), tokenizer, max_prompt_tokens)
             if cut is None:
                 counts["dropped_too_long"] += 1
                 continue
@@ -493,7 +497,8 @@ def load_code_summaries(modules: Sequence[str] = CODE_MODULES) -> list[CodeSumma
                 continue
             if any(LIST_START.match(ln) for ln in doc.split("\n")):
                 continue  # lists, tables, indented examples: not a prose summary
-            first = node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else getattr(node, "lineno", 1)
+            decorators = getattr(node, "decorator_list", None)
+            first = decorators[0].lineno if decorators else getattr(node, "lineno", 1)  # the module: line 1
             last = getattr(node, "end_lineno", len(lines))
             ds = node.body[0]  # the docstring statement: drop its lines
             keep = [ln for k, ln in enumerate(lines[first - 1:last], first) if not ds.lineno <= k <= ds.end_lineno]
@@ -646,8 +651,9 @@ def make_comprehension(docs, ctx, rng):
     order = rng.sample(range(4), 4)
     letters = "ABCD"
     lines = "\n".join(f"({letters[k]}) {options[j]}" for k, j in enumerate(order))
-    return (f'Question: Which of these sentences appears in the document titled "{docs[target][0]}"?\n'
-            f'{lines}\nEnd your reply with "The correct answer is (X)", where X is the letter.'), letters[order.index(0)]
+    question = (f'Question: Which of these sentences appears in the document titled "{docs[target][0]}"?\n'
+                f'{lines}\nEnd your reply with "The correct answer is (X)", where X is the letter.')
+    return question, letters[order.index(0)]  # options[0] is the right one; order[k] is shown as letter k
 
 
 def make_exhaustive_retrieval(docs, ctx, rng):
@@ -832,7 +838,8 @@ def filter_by_difficulty(samples: Sequence[Sample], pass_rates: Sequence[float],
     if len(samples) != len(pass_rates):
         raise ValueError(f"{len(samples)} samples but {len(pass_rates)} pass rates")
     keep = keep_by_pass_rate(pass_rates, low, high)
-    kept = [dataclasses.replace(s, meta={**s.meta, "pass_rate": p}) for s, p, k in zip(samples, pass_rates, keep) if k]
+    kept = [dataclasses.replace(s, meta={**s.meta, "pass_rate": p})
+            for s, p, k in zip(samples, pass_rates, keep) if k]
     counts = {"kept": len(kept), "too_easy": sum(p >= high for p in pass_rates),
               "too_hard": sum(p <= low for p in pass_rates)}
     return kept, counts
@@ -880,8 +887,8 @@ class PromptBatches:
             raise ValueError(f"prompts_per_step={prompts_per_step} must be divisible by world_size={world_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
-        self.samples, self.B, self.rank, self.world, self.seed = list(samples), prompts_per_step, rank, world_size, seed
-        self.balanced = balanced
+        self.samples, self.B, self.seed, self.balanced = list(samples), prompts_per_step, seed, balanced
+        self.rank, self.world = rank, world_size
         if balanced:  # one stream per task present, in TASK_NAMES order
             self.pools = {t: [i for i, s in enumerate(self.samples) if s.task == t] for t in TASK_NAMES}
             self.pools = {t: p for t, p in self.pools.items() if p}
@@ -890,7 +897,8 @@ class PromptBatches:
         need = -(-self.B // len(self.pools)) if self.pools else self.B
         small = {t: len(p) for t, p in self.pools.items() if len(p) < need}
         if not self.pools or small:
-            raise ValueError(f"each stream needs at least {need} samples per batch of {self.B}: {small or 'no samples'}")
+            raise ValueError(f"each stream needs at least {need} samples per batch of {self.B}: "
+                             f"{small or 'no samples'}")
         self.step = 0
         self.epochs = {k: 0 for k in self.pools}
         self.cursors = {k: 0 for k in self.pools}
@@ -978,7 +986,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args.tokenizer = str(embedded_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     documents = load_documents(args.docs)
-    print(f"{len(documents)} documents ({sum(len(d.text) for d in documents):,} characters), tokenizer {args.tokenizer}")
+    chars = sum(len(d.text) for d in documents)
+    print(f"{len(documents)} documents ({chars:,} characters), tokenizer {args.tokenizer}")
     samples = build_tasks(documents, tokenizer, args.n_per_task, args.context_tokens, args.seed)
     if args.filter_with:
         rates = measure_pass_rates(samples, args.filter_with, n=args.filter_n, seed=args.seed,
