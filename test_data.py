@@ -275,7 +275,7 @@ def test_load_documents_default_and_folders(second_corpus, caplog):
         docs2 = data.load_documents([second_corpus], max_chars=3000)
     assert "skipped 1 files" in caplog.text
     titles = [d.title for d in docs2]
-    assert "LogRecord" in titles and "logging" not in titles  # Markdown headings became titles
+    assert "LogRecord" in titles and "stdlib_a" not in titles  # headings are titles; empty preamble dropped
     assert any(t.startswith("stdlib_b (part ") for t in titles)  # no headings: split by size
     assert all(len(d.text) <= 3000 for d in docs2) and len(set(titles)) == len(titles)
     with pytest.raises(ValueError, match="image.png"):
