@@ -264,3 +264,26 @@ def test_ddp_two_ranks_match_one_process(tiny, tmp_path):
     assert m1["kept_prompts"] == m2["kept_prompts"] == 4
     assert m1["reward/all/mean"] == pytest.approx(m2["reward/all/mean"])
     assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)
+
+
+def test_other_options_run(tiny, tmp_path, monkeypatch):
+    """GRPO advantages, two optimizer steps per batch (the clip then matters), seq-mean-token-mean,
+    a k3 KL to the frozen start, task-balanced batches, evaluation every step and --eval-only."""
+    monkeypatch.setattr(rewards, "score_batch", length_reward)
+    evalset = data.load_jsonl(tiny / "tasks.jsonl")[::6]  # 3 prompts: evaluation is one sample each
+    data.save_jsonl(evalset, tmp_path / "eval_data.jsonl")
+    train.main(args(tiny, tmp_path, "--steps", "2", "--advantage", "grpo", "--mini-batches", "2",
+                    "--loss-agg", "seq-mean-token-mean", "--kl-coef", "0.1", "--task-balanced",
+                    "--eval-every", "1", "--eval-data", str(tmp_path / "eval_data.jsonl"), "--no-rollout-is"))
+    m = metrics(tmp_path)
+    assert len(m) == 2 and all("eval/mean" in x for x in m)
+    # the second mini-batch is sampled from the policy before the first optimizer step: off-policy
+    assert any(x["ppo_kl"] != 0 for x in m)
+    assert not any(k.startswith("is_") for k in m[0])
+    evals = [json.loads(l) for l in open(tmp_path / "evals.jsonl")]
+    assert [e["step"] for e in evals] == [1, 2]
+    train.main(args(tiny, tmp_path, "--eval-only", "--eval-data", str(tmp_path / "eval_data.jsonl"), "--resume"))
+    evals = [json.loads(l) for l in open(tmp_path / "evals.jsonl")]
+    assert len(evals) == 3 and evals[-1]["step"] == 2
+    tasks = {s.task for s in evalset}
+    assert {k.split("/")[1] for k in evals[-1] if k.startswith("eval/")} - {"mean"} == tasks

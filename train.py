@@ -451,11 +451,55 @@ def update(policy, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         metrics["grad_norm"] = float(norm)
-    scheduler.step()
+    if metrics.get("skipped_steps", 0) < len(parts):
+        scheduler.step()  # the schedule counts batches that updated the weights
     out = {k: v / max(n_metrics, 1) for k, v in metrics.items() if k not in ("grad_norm", "skipped_steps")}
     out["grad_norm"] = metrics["grad_norm"]
     out["skipped_steps"] = metrics.get("skipped_steps", 0.0)
     return out
+
+
+def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: int, device):
+    """Steps 1-5: generation rounds until the global batch holds cfg.prompts_per_step prompts with a
+    learning signal (or cfg.max_gen_rounds is reached).
+
+    Returns this rank's kept Rows; light records (group, task, reward, length, truncated, format_ok)
+    of every generated row and of the kept rows, all ranks, in one global order; the positions of
+    this rank's kept rows in that order; and timings.
+    """
+    need, parts, light_all, kept_light, my_pos = cfg.prompts_per_step, [], [], [], []
+    times = {"dropped": 0}
+    for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling else 1):
+        samples = batches.next_batch()                                           # step 1
+        ids, samples, counts = data.encode_prompts(samples, tok, cfg.max_prompt_tokens,
+                                                   truncate=cfg.truncate_prompts)
+        times["dropped"] += counts.get("dropped_too_long", 0)
+        seed = hash((cfg.seed, step, rnd, rank)) % 2**31  # reproducible, distinct per rank
+        rows, t = (sample_and_score(sampler, tok, samples, ids, cfg, eos_ids, seed, (step, rnd, rank),
+                                    cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+                   if samples else (Rows.cat([]), {}))                           # steps 2-3
+        for k, v in t.items():
+            times[k] = times.get(k, 0) + v
+        light = list(zip(rows.groups, rows.tasks, rows.rewards, rows.mask.sum(1).tolist(),
+                         rows.truncated, rows.format_ok))
+        all_light = gather(light)                                                # step 4
+        keep = pick_groups([([x[0] for x in l], [x[2] for x in l]) for l in all_light],
+                           need, cfg.dynamic_sampling)                           # step 5
+        for r, idx in enumerate(keep):
+            for i in idx:
+                if r == rank:
+                    my_pos.append(len(kept_light))
+                kept_light.append(all_light[r][i])
+        parts.append(rows.select(keep[rank]))
+        light_all += [x for l in all_light for x in l]
+        need = cfg.prompts_per_step - len({x[0] for x in kept_light})
+        if need <= 0:
+            break
+    times["dropped"] = all_reduce(times["dropped"], device)
+    if not light_all:
+        sys.exit(f"step {step}: no prompt left to generate from ({int(times['dropped'])} dropped as longer "
+                 f"than --max-prompt-tokens {cfg.max_prompt_tokens}; try --truncate-prompts)")
+    return Rows.cat(parts), light_all, kept_light, my_pos, times
 
 
 # -----------------------------------------------------------------------------
@@ -664,33 +708,33 @@ def main(argv=None):
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(
             policy, device_ids=[device.index] if device.type == "cuda" else None)
-    start = 0
-    if ckpt:
-        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        batches.load_state_dict(state["data"])
-        if len(state["rng"]) == world:
-            set_rng_state(state["rng"][rank])
-        start = state["step"]
-    metrics_path = out_dir / "metrics.jsonl"
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        old = open(metrics_path).read().splitlines() if metrics_path.exists() and start else []
-        with open(metrics_path, "w") as f:  # keep only the steps the checkpoint had seen
-            f.writelines(l + "\n" for l in old if json.loads(l).get("step", 0) <= start)
 
     def run_eval(step):
         m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
         log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
         if rank == 0:
-            with open(out_dir / "eval.jsonl", "a") as f:
+            with open(out_dir / "evals.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **m}) + "\n")
         return m
 
+    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True) if ckpt else None
+    start = state["step"] if state else 0
     if cfg.eval_only:
         run_eval(start)
-        return
+        return model
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        batches.load_state_dict(state["data"])
+        if len(state["rng"]) == world:
+            set_rng_state(state["rng"][rank])
+    metrics_path = out_dir / "metrics.jsonl"
+    if rank == 0:
+        old = open(metrics_path).read().splitlines() if metrics_path.exists() and start else []
+        with open(metrics_path, "w") as f:  # keep only the steps the checkpoint had seen
+            f.writelines(l + "\n" for l in old if json.loads(l).get("step", 0) <= start)
 
     from tqdm import tqdm
     bar = tqdm(range(start + 1, cfg.steps + 1), disable=rank != 0, desc="train", dynamic_ncols=True)
@@ -699,41 +743,10 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         # --- steps 1-5: generate rounds until the batch is full of prompts with a learning signal --
-        need, parts, light_all, kept_light, my_pos, times = cfg.prompts_per_step, [], [], [], [], {}
-        dropped = 0
-        for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling else 1):
-            samples = batches.next_batch()
-            ids, samples, counts = data.encode_prompts(samples, tok, cfg.max_prompt_tokens,
-                                                       truncate=cfg.truncate_prompts)
-            dropped += counts.get("dropped_too_long", 0)
-            seed = hash((cfg.seed, step, rnd, rank)) % 2**31  # reproducible, distinct per rank
-            rows, t = (sample_and_score(sampler, tok, samples, ids, cfg, eos_ids, seed, (step, rnd, rank),
-                                        cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-                       if samples else (Rows.cat([]), {}))
-            for k, v in t.items():
-                times[k] = times.get(k, 0) + v
-            light = [(g, tk, r, int(l), tr, ok) for g, tk, r, l, tr, ok in zip(
-                rows.groups, rows.tasks, rows.rewards, rows.mask.sum(1).tolist(), rows.truncated, rows.format_ok)]
-            all_light = gather(light)                                           # step 4
-            keep = pick_groups([([x[0] for x in l], [x[2] for x in l]) for l in all_light],
-                               need, cfg.dynamic_sampling)                       # step 5
-            for r, idx in enumerate(keep):
-                for i in idx:
-                    if r == rank:
-                        my_pos.append(len(kept_light))
-                    kept_light.append(all_light[r][i])
-            need = cfg.prompts_per_step - len({x[0] for x in kept_light})
-            parts.append(rows.select(keep[rank]))
-            light_all += [x for l in all_light for x in l]
-            if need <= 0:
-                break
-        dropped = all_reduce(dropped, device)
-        mine = Rows.cat(parts)
-        m = {"step": step, "lr": scheduler.get_last_lr()[0], "dropped_too_long": dropped,
+        mine, light_all, kept_light, my_pos, times = collect_batch(step, cfg, batches, sampler, tok,
+                                                                   eos_ids, rank, device)
+        m = {"step": step, "lr": scheduler.get_last_lr()[0], "dropped_too_long": times.pop("dropped"),
              "generated_prompts": len({x[0] for x in light_all})}
-        if not light_all:
-            sys.exit(f"step {step}: no prompt left to generate from ({int(dropped)} dropped as longer "
-                     f"than --max-prompt-tokens {cfg.max_prompt_tokens}; try --truncate-prompts)")
         # --- step 6: advantages over the global kept batch ---------------------------------------
         adv = advantages([x[2] for x in kept_light], [x[0] for x in kept_light],
                          [x[1] for x in kept_light], cfg) if kept_light else torch.zeros(0)
