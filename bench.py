@@ -79,7 +79,96 @@ def bench_rewards(args):
 # rollout: rollout.generate (shared prefix) vs model.generate(num_return_sequences=n)
 
 def bench_rollout(args):
-    print("rollout: not written yet")
+    """rollout.generate vs model.generate(num_return_sequences=n, do_sample=True): same model, prompt,
+    n=8 and 32 new tokens, for the embedded SmolLM2-135M and a tiny random Qwen3 with the real Qwen
+    tokenizer, prompts of 512 / 1K / 2K tokens (this file's neighbour rollout.py, tokenized and tiled).
+
+    Each measurement runs in a fresh process. Memory = growth of the process's peak RSS during the
+    call (the peak mark is reset through /proc/self/clear_refs right before it; Linux only), i.e. all
+    CPU memory the call added: KV cache, activations, logits. The KV column is computed, not measured:
+    rollout's allocated caches vs the n x (prompt + new) per-row cache that generate keeps.
+    EOS is disabled in both (min_new_tokens for generate, an out-of-vocabulary EOS id for rollout) so
+    both produce n x 32 tokens. One run each after a 16-token warm-up; CPU timings are noisy, the
+    ratios are the claim."""
+    import json
+    import os
+    import subprocess
+    import sys
+    worker = """
+import gc, json, sys, time, torch
+sys.path.insert(0, {root!r})
+MODEL, L, N, NEW, WAY = {model!r}, {L}, {n}, {new}, {way!r}
+
+def status(key):  # bytes, from /proc/self/status
+    return next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith(key))
+
+if MODEL == "smollm2":
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from train import embedded_model_dir
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32).eval()
+else:
+    from conftest import build_qwen_tokenizer, tiny_qwen3
+    tok, model = build_qwen_tokenizer(), tiny_qwen3()
+ids = tok(open({root!r} + "/rollout.py").read())["input_ids"]
+prompt = (ids * (L // len(ids) + 1))[:L]
+cfg = model.config
+pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+per_token_kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4  # K and V, fp32
+
+def run(p, n, new):  # -> (generated tokens, KV bytes)
+    torch.manual_seed(0)
+    if WAY == "rollout":
+        from rollout import generate
+        ro = generate(model, [p], n, new, eos_token_ids=[cfg.vocab_size], pad_token_id=pad, seed=0)
+        return int(ro.mask.sum()), ro.stats["kv_bytes"]
+    x = torch.tensor([p])
+    out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, temperature=1.0,
+                         top_p=1.0, top_k=0, num_return_sequences=n, max_new_tokens=new,
+                         min_new_tokens=new, pad_token_id=pad)
+    return (out.shape[1] - len(p)) * n, n * (len(p) + new) * per_token_kv
+
+run(prompt[:16], 2, 2)  # warm-up: first-call costs out of the timing, little memory kept
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS mark to the current RSS
+base = status("VmRSS:")
+t, cpu = time.perf_counter(), time.process_time()
+tokens, kv = run(prompt, N, NEW)
+dt, cpu = time.perf_counter() - t, time.process_time() - cpu
+print(json.dumps(dict(seconds=dt, cpu=cpu, tokens=tokens, peak=status("VmHWM:") - base, kv=kv)))
+"""
+    root = os.path.dirname(os.path.abspath(__file__))
+    n, new, MiB = 8, 32, 2 ** 20
+    print(f"rollout.generate vs model.generate(num_return_sequences={n}, do_sample=True), {new} new "
+          f"tokens, fp32, CPU ({os.cpu_count()} cores), fresh process per row, EOS disabled in both")
+    print("peak = growth of peak RSS during the call (measured); KV = cache size (computed)")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (the machine is shared: CPU seconds are "
+          f"the steadier figure when it is busy)")
+    print(f"{'model':10s} {'prompt':>6s} {'way':9s} {'seconds':>8s} {'CPU s':>7s} {'tok/s':>7s} "
+          f"{'peak MiB':>9s} {'KV MiB':>7s}")
+    ratios = []
+    for model in ("smollm2", "qwen3-tiny"):
+        for L in (512, 1024, 2048):
+            res = {}
+            for way in ("generate", "rollout"):
+                code = worker.format(root=root, model=model, L=L, n=n, new=new, way=way)
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise RuntimeError(f"bench worker {model} {L} {way} failed:\n{out.stderr[-3000:]}")
+                r = res[way] = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"{model:10s} {L:6d} {way:9s} {r['seconds']:8.2f} {r['cpu']:7.2f} "
+                      f"{r['tokens'] / r['seconds']:7.1f} {r['peak'] / MiB:9.1f} {r['kv'] / MiB:7.1f}",
+                      flush=True)
+            g, o = res["generate"], res["rollout"]  # same token count, so time ratios = speed ratios
+            ratios.append((model, L, g["seconds"] / o["seconds"], g["cpu"] / o["cpu"],
+                           o["peak"] / max(g["peak"], 1), o["kv"] / g["kv"]))
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
+    print("rollout vs generate: speed = tok/s ratio by wall time and by CPU time (higher is better), "
+          "peak memory and KV ratios (lower is better)")
+    for model, L, speed, speed_cpu, mem, kv in ratios:
+        print(f"{model:10s} {L:6d}  speed x{speed:5.2f} (CPU x{speed_cpu:5.2f})  peak memory x{mem:5.2f}  "
+              f"KV x{kv:5.2f}")
 
 
 # -----------------------------------------------------------------------------
@@ -129,11 +218,46 @@ def bench_logprobs(args):
           f"peak memory x{res['chunked'][1] / res['naive'][1]:.3f}")
 
 
-SECTIONS = {"rewards": bench_rewards, "rollout": bench_rollout, "logprobs": bench_logprobs}
+# -----------------------------------------------------------------------------
+# learn: does the whole loop learn? The embedded SmolLM2 on an easy exact-match task
+
+WORDS = ["apple", "river", "candle", "forest", "silver", "rocket", "garden", "pepper", "marble",
+         "violin", "harbor", "meadow", "lantern", "copper", "falcon", "saddle"]
+
+
+def bench_learn(args):
+    """python train.py on an easy task (reply with one given word, scored by exact match) for a few
+    dozen steps; prints the mean reward of the first and last five steps. SmolLM2-Instruct answers
+    right part of the time ("Apple.", "Sure! apple" score 0): the signal GRPO needs."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import data
+    import train
+    out = Path(tempfile.mkdtemp(prefix="golongrl-learn-"))
+    samples = [data.Sample(id=f"word-{w}", task="precise_retrieval", source="bench",
+                           prompt=[{"role": "user", "content": f"Reply with exactly one word, in lowercase "
+                                    f"and with no punctuation: {w}"}], answer=w, meta={})
+               for w in WORDS]
+    data.save_jsonl(samples, out / "words.jsonl")
+    steps = args.learn_steps
+    train.main(["--data", str(out / "words.jsonl"), "--out-dir", str(out), "--steps", str(steps),
+                "--group-size", "8", "--prompts-per-step", "4", "--max-new-tokens", "12",
+                "--lr", "2e-5", "--no-grad-checkpointing", "--max-gen-rounds", "1"])
+    r = [json.loads(l)["reward/all/mean"] for l in open(out / "metrics.jsonl")]
+    first, last = sum(r[:5]) / 5, sum(r[-5:]) / 5
+    print(f"learn: {steps} steps, mean reward of steps 1-5 {first:.3f} -> steps {steps - 4}-{steps} {last:.3f}")
+    print("per-step reward: " + " ".join(f"{x:.2f}" for x in r))
+
+
+SECTIONS = {"rewards": bench_rewards, "rollout": bench_rollout, "logprobs": bench_logprobs,
+            "learn": bench_learn}
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
+    p.add_argument("--learn-steps", type=int, default=30, help="training steps of the learn section")
     args = p.parse_args()
     for name in args.only or SECTIONS:
         print(f"\n=== {name} ===")

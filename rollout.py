@@ -18,9 +18,10 @@ own part separately and merges the two exactly with their log-sum-exp (`merge_at
 The model is the Hugging Face model itself (embedding, decoder layers with their RoPE, norm, LM head);
 only attention is swapped, through ONE function registered with `transformers.AttentionInterface`
 (`shared_prefix_attention`). The model's attention setting and train/eval flags are restored afterwards.
-Kernels: on CUDA with flash-attn installed, `flash_attn_varlen_func` (prefill) and
-`flash_attn_with_kvcache` (decode); otherwise an exact torch path with the same semantics. Which one
-runs is printed once per process. Supported families: Qwen2, Qwen3, Llama (checked by model_type).
+Kernels: on CUDA with flash-attn 2 installed (a version whose `flash_attn_with_kvcache` has
+`return_softmax_lse`), `flash_attn_varlen_func` for prefill and `flash_attn_with_kvcache` for decode;
+otherwise an exact torch path with the same semantics. Which one runs is printed once per process.
+Supported families: Qwen2, Qwen3, Llama (checked by config.model_type); others get a ValueError.
 
 Departures from verl (the paper's rollout engine is vLLM): no paged memory or continuous batching.
 Prompts are processed in waves that fit `kv_budget_tokens`; rows that finish are dropped from the
@@ -127,8 +128,9 @@ class SharedPrefixCache:
     def set_prefill(self, segments: list[Segment]):
         self.phase, self.segments = "prefill", segments
         device = self.prompt_lens.device
-        if self.path == "torch":  # one bottom-right causal mask per segment
-            self.masks = [causal_mask_bottom_right(s.end - s.start, s.end, device) for s in segments]
+        if self.path == "torch":  # bottom-right causal mask per segment; None = plain causal (start 0)
+            self.masks = [causal_mask_bottom_right(s.end - s.start, s.end, device) if s.start else None
+                          for s in segments]
         else:  # flash-attn varlen wants int32 cumulative lengths of the packed q and k
             q_lens = [s.end - s.start for s in segments]
             k_lens = [s.end for s in segments]
@@ -175,8 +177,8 @@ def prefill_torch(cache, layer, q, k, v, scale):
         keys = cache.prompt_k[layer][seg.prompt, :seg.end].transpose(0, 1)[None]  # [1, Hkv, end, D]
         vals = cache.prompt_v[layer][seg.prompt, :seg.end].transpose(0, 1)[None]
         o = F.scaled_dot_product_attention(q[:, :, seg.q0:seg.q0 + c], keys, vals, attn_mask=mask,
-                                           scale=scale, enable_gqa=True)  # [1, H, c, D]
-        out[0, seg.q0:seg.q0 + c] = o[0].transpose(0, 1)
+                                           is_causal=mask is None, scale=scale, enable_gqa=True)
+        out[0, seg.q0:seg.q0 + c] = o[0].transpose(0, 1)  # o: [1, H, c, D]
     return out
 
 
@@ -206,20 +208,22 @@ def decode_torch(cache, layer, q, k, v, scale):
     # Shared part: put the rows of each prompt side by side so the prompt's K/V are read once, not per
     # row (no gather of the prompt per row): grid [P, n] of queries, empty slots are zeros.
     P = cache.prompt_lens.shape[0]
-    slot = cache.row_prompt * n + cache.row_sample  # [A]
-    grid = q.new_zeros(P * n, H, D)
-    grid[slot] = q[:, :, 0]
-    grid = grid.view(P, n, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * g, D)
+    full = A == P * n  # no row dropped yet: rows already are the grid, in order
+    slot = cache.row_prompt * n + cache.row_sample  # [A] position of each row in the grid
+    grid = q[:, :, 0] if full else q.new_zeros(P * n, H, D).index_put_((slot,), q[:, :, 0])
+    grid = grid.reshape(P, n, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * g, D)
     pk = cache.prompt_k[layer].transpose(1, 2)  # [P, Hkv, Lmax, D]
     pv = cache.prompt_v[layer].transpose(1, 2)
     key_ok = torch.arange(pk.shape[2], device=q.device) < cache.prompt_lens[:, None]  # [P, Lmax]
     o_p, lse_p = attention_with_lse(grid, pk, pv, scale, key_ok[:, None, None, :])
-    o_p = o_p.view(P, Hkv, n, g, D).permute(0, 2, 1, 3, 4).reshape(P * n, H, D)[slot]  # [A, H, D]
-    lse_p = lse_p.view(P, Hkv, n, g).permute(0, 2, 1, 3).reshape(P * n, H)[slot]     # [A, H]
+    o_p = o_p.view(P, Hkv, n, g, D).permute(0, 2, 1, 3, 4).reshape(P * n, H, D)  # [P*n, H, D]
+    lse_p = lse_p.view(P, Hkv, n, g).permute(0, 2, 1, 3).reshape(P * n, H)        # [P*n, H]
+    if not full:
+        o_p, lse_p = o_p[slot], lse_p[slot]  # back to the active rows [A, ...]
     # Own part: all active rows are at the same step, so their own keys are gen[:, :step+1].
     gk = cache.gen_k[layer][:, :cache.step + 1].transpose(1, 2)  # [A, Hkv, step+1, D]
     gv = cache.gen_v[layer][:, :cache.step + 1].transpose(1, 2)
-    o_g, lse_g = attention_with_lse(q.view(A, Hkv, g, D), gk, gv, scale)
+    o_g, lse_g = attention_with_lse(q.reshape(A, Hkv, g, D), gk, gv, scale)
     out, _ = merge_attention(o_p[:, None], lse_p[:, :, None],
                              o_g.reshape(A, 1, H, D), lse_g.reshape(A, H, 1))
     return out  # [A, 1, H, D]
@@ -289,14 +293,18 @@ def sample_next(logits: Tensor, temperature: float, top_k: int, top_p: float,
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, torch.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0]
-    scaled = logits / temperature
-    logp = torch.log_softmax(scaled, -1)
-    probs = torch.softmax(filter_logits(scaled, top_k, top_p), -1)
-    # argmax(p / E) with E ~ Exp(1) is a sample from p, without a host sync (gpt-fast's trick); the clamp
-    # keeps E > 0 so a zero-probability token can never win through 0/0.
-    noise = torch.empty_like(probs).exponential_(1, generator=generator).clamp_min_(1e-30)
-    tok = (probs / noise).argmax(-1)
-    return tok, logp.gather(-1, tok[:, None])[:, 0]
+    scaled = logits / temperature  # [B, V]
+    m = scaled.amax(-1, keepdim=True)  # [B, 1]
+    weights = torch.exp(scaled - m)  # unnormalized probabilities
+    log_z = m + weights.sum(-1, keepdim=True).log()  # log normalizer of the unfiltered distribution
+    if top_k > 0 or top_p < 1.0:
+        weights = torch.exp(filter_logits(scaled, top_k, top_p) - m)  # 0 outside the kept support
+    # Inverse-CDF sampling: one uniform number per row and no host sync. The float64 cumsum keeps the
+    # rounding far below any probability we could care about; right=True never lands on a zero weight.
+    cdf = weights.cumsum(-1, dtype=torch.float64)  # [B, V]
+    u = torch.rand((cdf.shape[0], 1), generator=generator, dtype=torch.float64, device=cdf.device)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max_(cdf.shape[1] - 1)[:, 0]
+    return tok, (scaled.gather(-1, tok[:, None]) - log_z)[:, 0]
 
 
 # -----------------------------------------------------------------------------
@@ -388,9 +396,12 @@ def plan_waves(lengths: list[int], n: int, max_new_tokens: int, budget: int | No
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     if budget is None:
         return [order]
+
+    def cost(ws):  # KV positions of a wave: padded prompt slots + generated slots
+        return max(lengths[j] for j in ws) * len(ws) + len(ws) * n * max_new_tokens
+
     waves, cur = [], []
     for i in order:
-        cost = lambda ws: max(lengths[j] for j in ws) * len(ws) + len(ws) * n * max_new_tokens  # noqa: E731
         if cost([i]) > budget:
             raise ValueError(f"prompt {i} ({lengths[i]} tokens, n={n} x {max_new_tokens} new) needs "
                              f"{cost([i])} KV tokens, more than kv_budget_tokens={budget}")
@@ -425,11 +436,15 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
     base = check_model(model)
     vocab = model.config.vocab_size
     eos = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
     if n < 1 or max_new_tokens < 1 or not eos or check_every < 1 or prefill_chunk_tokens < 1:
         raise ValueError(f"need n, max_new_tokens, check_every, prefill_chunk_tokens >= 1 and an EOS id "
                          f"(n={n}, max_new_tokens={max_new_tokens}, eos={eos})")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError(f"bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
+    if not 0 <= pad_token_id < vocab:
+        raise ValueError(f"pad_token_id={pad_token_id} outside the vocabulary [0, {vocab})")
     for i, p in enumerate(prompts):
         if len(p) == 0 or min(p) < 0 or max(p) >= vocab:
             raise ValueError(f"prompt {i}: empty or token id outside [0, {vocab}) (len {len(p)})")

@@ -189,6 +189,19 @@ def test_top_p_top_k_keep_the_right_support():
         torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[tok])
 
 
+def test_sampling_frequencies_follow_the_filtered_distribution():
+    # top-p 0.8 keeps ranks {0, 1, 2} of [0.5, 0.25, 0.125, 0.0625, 0.0625] -> renormalized 4/7, 2/7, 1/7
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625]))
+    g = torch.Generator().manual_seed(1)
+    tok, _ = rollout.sample_next(logits.expand(20000, 5), 1.0, 0, 0.8, g)
+    freq = torch.bincount(tok, minlength=5) / 20000
+    torch.testing.assert_close(freq, torch.tensor([4 / 7, 2 / 7, 1 / 7, 0, 0]), atol=0.015, rtol=0)
+    # temperature 0.5 squares the probabilities: [16, 4, 1, 1/4, 1/4] / 21.5
+    tok, _ = rollout.sample_next(logits.expand(20000, 5), 0.5, 0, 1.0, g)
+    freq = torch.bincount(tok, minlength=5) / 20000
+    torch.testing.assert_close(freq, torch.tensor([16, 4, 1, 0.25, 0.25]) / 21.5, atol=0.015, rtol=0)
+
+
 # -----------------------------------------------------------------------------
 # The flash-attn path, on CPU, against a fake flash_attn that follows the documented semantics
 
@@ -253,10 +266,12 @@ def make_fake_flash_attn(calls: dict):
 
 @pytest.mark.parametrize("family", ["qwen3", "llama"])
 def test_flash_path_with_fake_flash_attn_equals_torch_path(family, monkeypatch):
-    calls = {}
-    monkeypatch.setitem(sys.modules, "flash_attn", make_fake_flash_attn(calls))
     model = tiny_qwen3(initializer_range=INIT) if family == "qwen3" else tiny_llama(vocab_size=32,
                                                                                    initializer_range=INIT)
+    # installed after the model is built: transformers' own import-time probes of flash_attn must
+    # not see the fake (it has no __spec__); rollout imports it at call time
+    calls = {}
+    monkeypatch.setitem(sys.modules, "flash_attn", make_fake_flash_attn(calls))
     prompts = random_prompts(model.config.vocab_size, [10, 3, 17])
     for kw in [dict(temperature=0), dict(temperature=0.9, top_p=0.95, seed=11)]:
         run = lambda attention: rollout.generate(  # noqa: E731
@@ -273,9 +288,10 @@ def test_flash_path_with_fake_flash_attn_equals_torch_path(family, monkeypatch):
 
 
 def test_forcing_flash_without_flash_attn_is_an_error(monkeypatch):
+    model = tiny_llama()
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # makes `import flash_attn` fail
     with pytest.raises(ValueError, match="flash_attn"):
-        rollout.generate(tiny_llama(), [[5, 6]], 1, 2, eos_token_ids=2, pad_token_id=0, attention="flash")
+        rollout.generate(model, [[5, 6]], 1, 2, eos_token_ids=2, pad_token_id=0, attention="flash")
 
 
 # -----------------------------------------------------------------------------
