@@ -236,7 +236,7 @@ def bench_learn(args):
     import data
     import train
     out = Path(tempfile.mkdtemp(prefix="golongrl-learn-"))
-    samples = [data.Sample(id=f"word-{w}", task="precise_retrieval", source="bench",
+    samples = [data.Sample(id=f"word-{w}", task="precise_retrieval", source="EM",
                            prompt=[{"role": "user", "content": f"Reply with exactly one word, in lowercase "
                                     f"and with no punctuation: {w}"}], answer=w, meta={})
                for w in WORDS]
