@@ -85,11 +85,13 @@ def bench_rollout(args):
 
     Each measurement runs in a fresh process. Memory = growth of the process's peak RSS during the
     call (the peak mark is reset through /proc/self/clear_refs right before it; Linux only), i.e. all
-    CPU memory the call added: KV cache, activations, logits. The KV column is computed, not measured:
-    rollout's allocated caches vs the n x (prompt + new) per-row cache that generate keeps.
+    CPU memory the call added: KV cache, activations, logits. MALLOC_MMAP_THRESHOLD_=256 KiB makes
+    glibc map every buffer of that size or more afresh and unmap it when freed, so RSS follows those
+    buffers instead of hiding them in reused heap. The KV column is computed, not measured: rollout's
+    allocated caches vs the n x (prompt + new) per-row cache that generate keeps.
     EOS is disabled in both (min_new_tokens for generate, an out-of-vocabulary EOS id for rollout) so
-    both produce n x 32 tokens. One run each after a 16-token warm-up; CPU timings are noisy, the
-    ratios are the claim."""
+    both produce n x 32 tokens. One run each after a 16-token warm-up. The machine may be shared: the
+    load average is printed per row, and a row measured under load is not comparable."""
     import json
     import os
     import subprocess
@@ -142,29 +144,28 @@ print(json.dumps(dict(seconds=dt, cpu=cpu, tokens=tokens, peak=status("VmHWM:") 
     n, new, MiB = 8, 32, 2 ** 20
     print(f"rollout.generate vs model.generate(num_return_sequences={n}, do_sample=True), {new} new "
           f"tokens, fp32, CPU ({os.cpu_count()} cores), fresh process per row, EOS disabled in both")
-    print("peak = growth of peak RSS during the call (measured); KV = cache size (computed)")
-    print(f"load average at start: {os.getloadavg()[0]:.1f} (the machine is shared: CPU seconds are "
-          f"the steadier figure when it is busy)")
+    print("peak = growth of peak RSS during the call (measured); KV = cache size (computed); "
+          "load = 1-min load average after the row (a quiet machine reads about 2: this run's threads)")
     print(f"{'model':10s} {'prompt':>6s} {'way':9s} {'seconds':>8s} {'CPU s':>7s} {'tok/s':>7s} "
-          f"{'peak MiB':>9s} {'KV MiB':>7s}")
+          f"{'peak MiB':>9s} {'KV MiB':>7s} {'load':>5s}")
     ratios = []
     for model in ("smollm2", "qwen3-tiny"):
         for L in (512, 1024, 2048):
             res = {}
             for way in ("generate", "rollout"):
                 code = worker.format(root=root, model=model, L=L, n=n, new=new, way=way)
-                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(256 * 1024))
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     raise RuntimeError(f"bench worker {model} {L} {way} failed:\n{out.stderr[-3000:]}")
                 r = res[way] = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"{model:10s} {L:6d} {way:9s} {r['seconds']:8.2f} {r['cpu']:7.2f} "
-                      f"{r['tokens'] / r['seconds']:7.1f} {r['peak'] / MiB:9.1f} {r['kv'] / MiB:7.1f}",
-                      flush=True)
+                      f"{r['tokens'] / r['seconds']:7.1f} {r['peak'] / MiB:9.1f} {r['kv'] / MiB:7.1f} "
+                      f"{os.getloadavg()[0]:5.1f}", flush=True)
             g, o = res["generate"], res["rollout"]  # same token count, so time ratios = speed ratios
             ratios.append((model, L, g["seconds"] / o["seconds"], g["cpu"] / o["cpu"],
                            o["peak"] / max(g["peak"], 1), o["kv"] / g["kv"]))
-    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
-    print("rollout vs generate: speed = tok/s ratio by wall time and by CPU time (higher is better), "
+    print("\nrollout vs generate: speed = tok/s ratio by wall time and by CPU time (higher is better), "
           "peak memory and KV ratios (lower is better)")
     for model, L, speed, speed_cpu, mem, kv in ratios:
         print(f"{model:10s} {L:6d}  speed x{speed:5.2f} (CPU x{speed_cpu:5.2f})  peak memory x{mem:5.2f}  "
