@@ -86,9 +86,11 @@ def bench_rollout(args):
     Each measurement runs in a fresh process. Memory = growth of the process's peak RSS during the
     call (the peak mark is reset through /proc/self/clear_refs right before it; Linux only), i.e. all
     CPU memory the call added: KV cache, activations, logits. MALLOC_MMAP_THRESHOLD_=256 KiB makes
-    glibc map every buffer of that size or more afresh and unmap it when freed, so RSS follows those
-    buffers instead of hiding them in reused heap. The KV column is computed, not measured: rollout's
-    allocated caches vs the n x (prompt + new) per-row cache that generate keeps.
+    glibc unmap most freed buffers of that size or more instead of keeping them for reuse, so RSS
+    follows them; free heap space left by the warm-up can still serve a request unseen, so growths of
+    a few tens of MiB (the tiny Qwen3 rows, dominated by [8, 151936] logits buffers) are at the
+    resolution of this method. The KV column is computed, not measured: rollout's allocated caches vs
+    the n x (prompt + new) per-row cache that generate keeps.
     EOS is disabled in both (min_new_tokens for generate, an out-of-vocabulary EOS id for rollout) so
     both produce n x 32 tokens. One run each after a 16-token warm-up. The machine may be shared: the
     load average is printed per row, and a row measured under load is not comparable."""
@@ -166,7 +168,8 @@ print(json.dumps(dict(seconds=dt, cpu=cpu, tokens=tokens, peak=status("VmHWM:") 
             ratios.append((model, L, g["seconds"] / o["seconds"], g["cpu"] / o["cpu"],
                            o["peak"] / max(g["peak"], 1), o["kv"] / g["kv"]))
     print("\nrollout vs generate: speed = tok/s ratio by wall time and by CPU time (higher is better), "
-          "peak memory and KV ratios (lower is better)")
+          "peak memory and KV ratios (lower is better; peaks of a few tens of MiB, as for the tiny "
+          "Qwen3, are at the resolution of the RSS method: read its KV column)")
     for model, L, speed, speed_cpu, mem, kv in ratios:
         print(f"{model:10s} {L:6d}  speed x{speed:5.2f} (CPU x{speed_cpu:5.2f})  peak memory x{mem:5.2f}  "
               f"KV x{kv:5.2f}")

@@ -293,17 +293,24 @@ def sample_next(logits: Tensor, temperature: float, top_k: int, top_p: float,
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, torch.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0]
-    scaled = logits / temperature  # [B, V]
+    scaled = logits if temperature == 1.0 else logits / temperature  # [B, V]
     m = scaled.amax(-1, keepdim=True)  # [B, 1]
-    weights = torch.exp(scaled - m)  # unnormalized probabilities
-    log_z = m + weights.sum(-1, keepdim=True).log()  # log normalizer of the unfiltered distribution
     if top_k > 0 or top_p < 1.0:
-        weights = torch.exp(filter_logits(scaled, top_k, top_p) - m)  # 0 outside the kept support
-    # Inverse-CDF sampling: one uniform number per row and no host sync. The float64 cumsum keeps the
-    # rounding far below any probability we could care about; right=True never lands on a zero weight.
-    cdf = weights.cumsum(-1, dtype=torch.float64)  # [B, V]
-    u = torch.rand((cdf.shape[0], 1), generator=generator, dtype=torch.float64, device=cdf.device)
-    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max_(cdf.shape[1] - 1)[:, 0]
+        log_z = m + (scaled - m).exp_().sum(-1, keepdim=True).log()  # normalizer before filtering
+        weights = (filter_logits(scaled, top_k, top_p) - m).exp_()  # 0 outside the kept support
+    else:
+        weights, log_z = (scaled - m).exp_(), None  # unnormalized probabilities
+    # Inverse-CDF sampling: one uniform number per row, no host sync. The prefix sums overwrite the
+    # weights (one [B, V] buffer); their float32 rounding moves a token's probability by ~1e-7 of the
+    # total (ATen accumulates CPU cumsum in double), far below what sampling can resolve.
+    cdf = weights.cumsum_(-1)  # [B, V]
+    total = cdf[:, -1:]  # [B, 1]
+    if log_z is None:
+        log_z = m + total.log()
+    u = torch.rand(total.shape, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    tok = torch.searchsorted(cdf, u * total, right=True)  # first token whose prefix sum exceeds u*total
+    # u * total can round up to total itself: fall back to the last token of non-zero weight
+    tok = torch.minimum(tok, (cdf < total).sum(-1, keepdim=True))[:, 0]
     return tok, (scaled.gather(-1, tok[:, None]) - log_z)[:, 0]
 
 
