@@ -43,7 +43,7 @@ _ANNOUNCED: set[str] = set()  # attention paths already printed in this process
 
 @dataclass
 class Rollout:
-    tokens: Tensor      # [P*n, T] int64, generated tokens only, pad_token_id after EOS; row i is prompt i // n
+    tokens: Tensor      # [P*n, T] int64, generated only, pad_token_id after EOS; row i is prompt i // n
     mask: Tensor        # [P*n, T] bool, True on generated tokens including the EOS token itself
     logprobs: Tensor    # [P*n, T] float32, log p(token) under softmax(logits / temperature), 0 off-mask
     lengths: Tensor     # [P*n] int64, valid generated tokens (incl. EOS)
@@ -435,6 +435,8 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
              attention: str = "auto") -> Rollout:
     """Sample n continuations of each prompt (see the module docstring and `Rollout`).
 
+    T of the outputs = the longest row (<= max_new_tokens). eos_token_ids may hold ids outside the
+    vocabulary (never produced: bench.py uses one to run every row to the limit).
     kv_budget_tokens: max KV positions per wave (per layer), counted as P*Lmax + P*n*max_new_tokens.
     prefill_chunk_tokens: tokens per prefill forward. check_every: decode steps between EOS checks.
     attention: 'auto' (flash-attn on CUDA when installed), 'torch', or 'flash' (forced; tests only).
