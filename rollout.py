@@ -452,7 +452,7 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
                          f"(n={n}, max_new_tokens={max_new_tokens}, eos={eos})")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError(f"bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
-    if not 0 <= pad_token_id < vocab:
+    if not isinstance(pad_token_id, int) or not 0 <= pad_token_id < vocab:
         raise ValueError(f"pad_token_id={pad_token_id} outside the vocabulary [0, {vocab})")
     for i, p in enumerate(prompts):
         if len(p) == 0 or min(p) < 0 or max(p) >= vocab:

@@ -329,6 +329,8 @@ def test_refuses_unsupported_family_and_bad_input():
     for prompts in ([[]], [[1, 512]], [[-1]]):
         with pytest.raises(ValueError, match="prompt 0"):
             rollout.generate(model, prompts, 1, 2, eos_token_ids=2, pad_token_id=0)
+    with pytest.raises(ValueError, match="pad_token_id"):
+        rollout.generate(model, [[5]], 1, 2, eos_token_ids=2, pad_token_id=None)
     with pytest.raises(ValueError, match="top_p"):
         rollout.generate(model, [[5]], 1, 2, eos_token_ids=2, pad_token_id=0, top_p=0.0)
     assert model.config._attn_implementation == "sdpa"
