@@ -147,6 +147,19 @@ def test_sampled_logprobs_equal_teacher_forced_forward(temperature, top_k, top_p
     check_row_invariants(ro, {2}, 0, new)
 
 
+def test_bfloat16_model_runs_and_matches_its_forward_to_bf16_precision():
+    # the dtype used on GPU; CPU bf16 exercises the same casts (scores and merge in float32)
+    model = tiny_llama(vocab_size=32, initializer_range=INIT).to(torch.bfloat16)
+    prompts = random_prompts(32, [5, 9])
+    ro = rollout.generate(model, prompts, 3, 10, eos_token_ids=[2], pad_token_id=0, seed=0)
+    assert ro.logprobs.dtype == torch.float32
+    check_row_invariants(ro, {2}, 0, 10)
+    for r in range(6):
+        L = int(ro.lengths[r])
+        ref = teacher_forced_logprobs(model, prompts[r // 3], ro.tokens[r, :L].tolist(), 1.0)
+        torch.testing.assert_close(ro.logprobs[r, :L], ref, atol=0.25, rtol=0)  # bf16: ~3 digits
+
+
 def test_eos_list_pad_and_max_new_tokens():
     model = tiny_llama(vocab_size=32, initializer_range=INIT)
     prompts = random_prompts(32, [4, 9])
