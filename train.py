@@ -123,7 +123,8 @@ class Config:
 PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_size=16, prompts_per_step=128,
              gen_prompts=512, max_gen_rounds=4, clip_low=0.2, clip_high=0.28, dual_clip=3.0,
              temperature=1.0, top_p=1.0, top_k=0, max_prompt_tokens=163_840, max_new_tokens=16_384,
-             require_think=True, advantage="tmn_reweight", alpha=0.8, micro_batch_tokens=32_768)
+             require_think=True, advantage="tmn_reweight", alpha=0.8, micro_batch_tokens=32_768,
+             kv_budget_tokens=262_144)  # KV positions per generation wave: ~30-40 GB bf16 for Qwen3-1.7B/4B
 
 
 def parse_config(argv=None) -> Config:
