@@ -123,7 +123,8 @@ def test_two_steps_end_to_end(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(rewards, "score_batch", length_reward)
     from transformers import AutoModelForCausalLM
     before = params(AutoModelForCausalLM.from_pretrained(tiny / "model"))
-    model = train.main(args(tiny, tmp_path, "--steps", "2"))
+    model = train.main(args(tiny, tmp_path, "--steps", "2", "--save-every", "1", "--keep-last", "1"))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]  # last K kept
     m = metrics(tmp_path)
     assert [x["step"] for x in m] == [1, 2]
     for x in m:
@@ -287,3 +288,12 @@ def test_other_options_run(tiny, tmp_path, monkeypatch):
     assert len(evals) == 3 and evals[-1]["step"] == 2
     tasks = {s.task for s in evalset}
     assert {k.split("/")[1] for k in evals[-1] if k.startswith("eval/")} - {"mean"} == tasks
+
+
+def test_bad_inputs_get_clear_messages(tiny, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="no training samples"):
+        train.main(args(tiny, tmp_path) + ["--data", str(tmp_path / "empty.jsonl")])
+    with pytest.raises(SystemExit, match=r"no prompt left to generate from \(2 dropped as longer than "
+                                         r"--max-prompt-tokens 50"):
+        train.main(args(tiny, tmp_path, "--max-prompt-tokens", "50"))
