@@ -297,3 +297,17 @@ def test_bad_inputs_get_clear_messages(tiny, tmp_path):
     with pytest.raises(SystemExit, match=r"no prompt left to generate from \(2 dropped as longer than "
                                          r"--max-prompt-tokens 50"):
         train.main(args(tiny, tmp_path, "--max-prompt-tokens", "50"))
+
+
+def test_every_flag_passes_through_torchrun():
+    """torchrun parses the whole command line and rejects an option that abbreviates one of its own
+    (that is why the group size is --group-size, not --n): every flag must reach train.py intact."""
+    from torch.distributed.run import get_args_parser
+    flags = []
+    for f in train.dataclasses.fields(train.Config):
+        name = f"--{f.name.replace('_', '-')}"
+        flags += [name] if isinstance(f.default, bool) else [name, str(f.default) or "x"]
+        if isinstance(f.default, bool):
+            flags += [f"--no-{f.name.replace('_', '-')}"]
+    ns = get_args_parser().parse_args(["--nproc_per_node=2", "train.py", *flags])
+    assert ns.training_script == "train.py" and ns.training_script_args == flags
