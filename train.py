@@ -640,6 +640,27 @@ def eos_token_ids(tok, model) -> list:
     return sorted(i for i in ids if i is not None)
 
 
+def load_data(cfg: Config, tok) -> tuple[list, list]:
+    """(training samples, evaluation samples): the JSONL files given, or tasks built from the
+    built-in documents with the first cfg.eval_per_task of each task type held out."""
+    if cfg.data:
+        train_set = data.load_jsonl(cfg.data)
+        eval_set = []
+    else:
+        built = data.build_tasks(data.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
+                                 cfg.context_tokens, cfg.seed)
+        held: dict = {}
+        train_set, eval_set = [], []
+        for s in built:
+            held[s.task] = held.get(s.task, 0) + 1
+            (eval_set if held[s.task] <= cfg.eval_per_task else train_set).append(s)
+    if cfg.eval_data:
+        eval_set = data.load_jsonl(cfg.eval_data)
+    if not train_set and not cfg.eval_only:
+        sys.exit(f"no training samples (data: {cfg.data or 'built-in tasks'}): nothing to train on")
+    return train_set, eval_set
+
+
 def main(argv=None):
     """Train (or evaluate) as the config says; returns the trained Hugging Face model."""
     cfg = parse_config(argv)
@@ -678,25 +699,11 @@ def main(argv=None):
         ref = Policy(ref_lm, cfg.temperature, cfg.logprob_chunk)
 
     # --- data ---------------------------------------------------------------------------------------
-    if cfg.data:
-        train_set = data.load_jsonl(cfg.data)
-        eval_set = data.load_jsonl(cfg.eval_data) if cfg.eval_data else []
-    else:
-        built = data.build_tasks(data.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
-                                 cfg.context_tokens, cfg.seed)
-        held: dict = {}  # the first eval_per_task samples of each task are held out
-        train_set, eval_set = [], []
-        for s in built:
-            held[s.task] = held.get(s.task, 0) + 1
-            (eval_set if held[s.task] <= cfg.eval_per_task else train_set).append(s)
-        if cfg.eval_data:
-            eval_set = data.load_jsonl(cfg.eval_data)
-    if not train_set and not cfg.eval_only:
-        sys.exit(f"no training samples (data: {cfg.data or 'built-in tasks'}): nothing to train on")
+    train_set, eval_set = load_data(cfg, tok)
     log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
         f"tasks: {sorted({s.task for s in train_set})}")
-    eval_ids, eval_set, eval_counts = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
-                                                          truncate=cfg.truncate_prompts)
+    eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
+                                                truncate=cfg.truncate_prompts)
     batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
                                  cfg.seed, balanced=cfg.task_balanced)
 
