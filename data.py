@@ -173,16 +173,12 @@ def parse_record(rec, where: str) -> Sample:
         task = LONGBENCH_PRO[code][1]
         gt_name = "reward_model.ground_truth.doc_ids"
         answer = _get(gt, "doc_ids", list, where, gt_name)
-    elif source in ("EM", "selection"):
+    elif source in ("EM", "selection", "multitableqa_pretraining"):
         task = SOURCES[source]
         answer = _get(gt, "golden_label", str, where, gt_name)
     elif "math_longcot_math_verify" in source:
         task = "numerical_reasoning"
-        answer = gt if isinstance(gt, str) else _get(gt, "golden_label", (str, int, float), where, gt_name)
-        answer = str(answer)
-    elif source == "multitableqa_pretraining":
-        task = "structured_extraction"
-        answer = _get(gt, "golden_label", str, where, gt_name)
+        answer = str(gt if isinstance(gt, str) else _get(gt, "golden_label", (str, int, float), where, gt_name))
     elif source == BUILD_SOURCE:
         task = _get(extra, "task", str, where, "extra_info.task")
         if task not in TASK_NAMES:
@@ -323,9 +319,7 @@ def encode_prompts(samples: Sequence[Sample], tokenizer, max_prompt_tokens: int,
     for s in samples:
         x = chat_ids(tokenizer, s.prompt)
         if len(x) > max_prompt_tokens:
-            cut = None
-            if truncate:
-                cut = truncate_prompt(s.prompt, s.meta.get("question"), tokenizer, max_prompt_tokens)
+            cut = truncate_prompt(s.prompt, s.meta.get("question"), tokenizer, max_prompt_tokens) if truncate else None
             if cut is None:
                 counts["dropped_too_long"] += 1
                 continue
@@ -605,17 +599,13 @@ def _unique_sentences(docs, ctx: str) -> list[tuple[int, str]]:
             if _good(s) and ctx.count(s) == 1]
 
 
-def _word_counts(docs) -> tuple[list[Counter], set]:
-    """Per-document counts of each word (case-folded, standalone: WORD), and the words of the titles."""
+def _word_counts(docs) -> tuple[list[Counter], list[str]]:
+    """Per-document counts of each word (case-folded, standalone: WORD), and the words a question may
+    ask about: 4+ letters and in no title (so headers never change a count). Sorted, not in set order,
+    so the same seed gives the same task in every process."""
     counts = [Counter(w.lower() for w in WORD.findall(x)) for _, x in docs]
     title_words = {w.lower() for t, _ in docs for w in WORD.findall(t)}
-    return counts, title_words
-
-
-def _candidate_words(counts, title_words) -> list[str]:
-    # Words of 4+ letters that no title contains (so headers never change a count); sorted, not a set
-    # order, so the same seed gives the same task in every process.
-    return sorted({w for c in counts for w in c if len(w) >= 4 and w not in title_words})
+    return counts, sorted({w for c in counts for w in c if len(w) >= 4 and w not in title_words})
 
 
 # The nine task makers. Each gets the packed documents [(title, text)], their rendered text `ctx` and
@@ -658,9 +648,8 @@ def make_comprehension(docs, ctx, rng):
 
 def make_exhaustive_retrieval(docs, ctx, rng):
     """F1: every document that mentions a word (in some but not all documents)."""
-    counts, tw = _word_counts(docs)
-    n = len(docs)
-    cands = [w for w in _candidate_words(counts, tw) if 2 <= sum(c[w] > 0 for c in counts) <= max(2, n - 1)]
+    counts, words = _word_counts(docs)
+    cands = [w for w in words if 2 <= sum(c[w] > 0 for c in counts) <= max(2, len(docs) - 1)]
     if not cands:
         return None
     w = rng.choice(cands)
@@ -671,8 +660,7 @@ def make_exhaustive_retrieval(docs, ctx, rng):
 
 def make_numerical_reasoning(docs, ctx, rng):
     """Math: how often a word occurs, in one document or summed over all of them."""
-    counts, tw = _word_counts(docs)
-    words = _candidate_words(counts, tw)
+    counts, words = _word_counts(docs)
     if rng.random() < 0.5:  # one document
         cands = [(i, w) for w in words for i, c in enumerate(counts) if 2 <= c[w] <= 20]
         if not cands:
@@ -691,8 +679,8 @@ def make_numerical_reasoning(docs, ctx, rng):
 
 def make_structured_extraction(docs, ctx, rng):
     """IoU: a JSON table, one row [title, count] per document that mentions a word."""
-    counts, tw = _word_counts(docs)
-    cands = [w for w in _candidate_words(counts, tw) if sum(c[w] > 0 for c in counts) >= 2]
+    counts, words = _word_counts(docs)
+    cands = [w for w in words if sum(c[w] > 0 for c in counts) >= 2]
     if not cands:
         return None
     w = rng.choice(cands)
@@ -718,9 +706,9 @@ def make_structured_matching(docs, ctx, rng):
 
 def make_graded_ranking(docs, ctx, rng):
     """NDCG: rank the documents that mention a word by how often, counts all different (no ties)."""
-    counts, tw = _word_counts(docs)
+    counts, words = _word_counts(docs)
     cands = {2: [], 3: []}  # words by how many documents contain them (3 = three or more)
-    for w in _candidate_words(counts, tw):
+    for w in words:
         have = [c[w] for c in counts if c[w]]
         if len(have) >= 2 and len(set(have)) == len(have):  # no ties: one right order
             cands[min(3, len(have))].append(w)
