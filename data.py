@@ -510,28 +510,25 @@ WORD = re.compile(r"\b[A-Za-z]+\b")  # the counting rule stated in every word qu
 SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 
 
-@dataclass
+def _ntokens(tokenizer, texts: list[str]) -> list[int]:
+    return [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # one batched call
+
+
+@dataclass(frozen=True)
 class _PoolDoc:
     title: str
+    title_tok: int  # tokens of the "[Document i] title" header, roughly
     paras: list     # paragraphs (prose reflowed to one line each)
     ntok: list      # tokens per paragraph
-    title_tok: int  # tokens of the "[Document i] title" header, roughly
 
 
-class _Pool:
+def _pool(documents: Sequence[Document], tokenizer) -> list[_PoolDoc]:
     """Documents cut into paragraphs with token counts, tokenized once per build."""
-    def __init__(self, documents: Sequence[Document], tokenizer):
-        self.docs = []
-        paras = [d.text.split("\n\n") for d in documents]
-        flat = [p for ps in paras for p in ps] + [f"[Document 10] {d.title}" for d in documents]
-        lens = [len(x) for x in tokenizer(flat, add_special_tokens=False)["input_ids"]] if flat else []
-        k = 0
-        for d, ps in zip(documents, paras):
-            self.docs.append(_PoolDoc(d.title, ps, lens[k:k + len(ps)], 0))
-            k += len(ps)
-        for pd in self.docs:
-            pd.title_tok = lens[k] + 2
-            k += 1
+    paras = [d.text.split("\n\n") for d in documents]
+    heads = [f"[Document 10] {d.title}" for d in documents]
+    lens = iter(_ntokens(tokenizer, heads + [p for ps in paras for p in ps]))
+    title_tok = [next(lens) + 2 for _ in documents]
+    return [_PoolDoc(d.title, t, ps, [next(lens) for _ in ps]) for d, t, ps in zip(documents, title_tok, paras)]
 
 
 def _excerpt(d: _PoolDoc, budget: int, rng: random.Random) -> Optional[tuple[str, int]]:
@@ -551,7 +548,7 @@ def _excerpt(d: _PoolDoc, budget: int, rng: random.Random) -> Optional[tuple[str
     return None
 
 
-def _pack(pool: _Pool, budget: int, rng: random.Random, forced=()) -> list[tuple[str, str]]:
+def _pack(pool: list[_PoolDoc], budget: int, rng: random.Random, forced=()) -> list[tuple[str, str]]:
     """(title, text) passages filling ~budget tokens in random order, so the relevant ones (forced here,
     or picked later from the packed set) sit at random depths. Titles differ ignoring case."""
     chosen = [(t, x) for t, x, _ in forced]
@@ -560,7 +557,7 @@ def _pack(pool: _Pool, budget: int, rng: random.Random, forced=()) -> list[tuple
     per = max(64, budget // 4)  # ~4+ passages per prompt at short contexts, whole documents at long ones
     misses = 0  # consecutive draws that added nothing: the pool is used up or the room too small
     while left >= 48 and misses < 50:
-        d = pool.docs[rng.randrange(len(pool.docs))]
+        d = pool[rng.randrange(len(pool))]
         got = None if d.title.lower() in used else _excerpt(d, min(per, left) - d.title_tok, rng)
         if got is None:
             misses += 1
@@ -761,13 +758,13 @@ def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, conte
     (checked with `tokenizer`); every answer is computed from the packed context itself. Sample i of a
     task depends only on (seed, task, i) and the inputs. `code`: summarization pairs (default: the
     standard library's, load_code_summaries())."""
-    pool = _Pool(documents, tokenizer)
-    if len(pool.docs) < 2:
+    if len(documents) < 2:
         raise ValueError("build_tasks needs at least 2 documents")
+    pool = _pool(documents, tokenizer)
     overhead = len(chat_ids(tokenizer, [{"role": "user", "content": "x"}])) + 16
     if "summarization" in tasks:
         code = load_code_summaries() if code is None else code
-        code_tok = [len(x) for x in tokenizer([c.code for c in code], add_special_tokens=False)["input_ids"]]
+        code_tok = _ntokens(tokenizer, [c.code for c in code])
     samples = []
     for task in tasks:
         for i in range(n_per_task):
