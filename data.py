@@ -366,25 +366,20 @@ def split_sections(text: str, title: str, max_chars: int = 8000) -> list[Documen
     """Split text at Markdown (# Title) or reStructuredText (Title / =====) headings, then split any
     section longer than max_chars at paragraph boundaries into "(part k)" pieces."""
     lines = text.replace("\r\n", "\n").split("\n")
-    sections, cur_title, cur, fence = [], title, [], False
-    i = 0
-    while i < len(lines):
-        ln = lines[i]
-        fence ^= ln.lstrip().startswith("```")
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        heading = None
-        if not fence and MD_HEADING.match(ln):
-            heading, step = MD_HEADING.match(ln).group(1), 1
-        elif not fence and ln.strip() and not ln[0].isspace() and RST_UNDERLINE.match(nxt) \
-                and len(nxt.strip()) >= len(ln.strip()):
-            heading, step = ln.strip(), 2
-        if heading:
-            sections.append((cur_title, "\n".join(cur)))
-            cur_title, cur = heading, []
-            i += step
+    sections, cur_title, cur, fence, underline = [], title, [], False, False
+    for ln, nxt in zip(lines, lines[1:] + [""]):
+        if underline:  # the ===== of the reStructuredText heading just taken
+            underline = False
             continue
-        cur.append(ln)
-        i += 1
+        fence ^= ln.lstrip().startswith("```")  # no headings inside a fenced code block
+        md = not fence and MD_HEADING.match(ln)
+        underline = bool(not fence and not md and ln.strip() and not ln[0].isspace()
+                         and RST_UNDERLINE.match(nxt) and len(nxt.strip()) >= len(ln.strip()))
+        if md or underline:
+            sections.append((cur_title, "\n".join(cur)))
+            cur_title, cur = md.group(1) if md else ln.strip(), []
+        else:
+            cur.append(ln)
     sections.append((cur_title, "\n".join(cur)))
     docs = []
     for t, body in sections:
@@ -884,30 +879,24 @@ class PromptBatches:
         if not self.pools or small:
             raise ValueError(f"each stream needs at least {need} samples per batch of {self.B}: "
                              f"{small or 'no samples'}")
-        self.step = 0
-        self.epochs = {k: 0 for k in self.pools}
-        self.cursors = {k: 0 for k in self.pools}
-        self._perm_cache: dict = {}
+        self.step, self._perms = 0, {}  # stream -> (epoch, its shuffled order): one shuffle per epoch
+        self.epochs, self.cursors = dict.fromkeys(self.pools, 0), dict.fromkeys(self.pools, 0)
 
     @property
     def epoch(self) -> int:
         return min(self.epochs.values())
 
-    def _perm(self, key: str) -> list[int]:
-        e = self.epochs[key]
-        if self._perm_cache.get(key, (None,))[0] != e:
-            perm = list(self.pools[key])
-            random.Random(f"{self.seed}:{key}:{e}").shuffle(perm)
-            self._perm_cache[key] = (e, perm)
-        return self._perm_cache[key][1]
-
     def _take(self, key: str, k: int) -> list[int]:
         if self.cursors[key] + k > len(self.pools[key]):  # epoch over: drop the tail, reshuffle
             self.epochs[key] += 1
             self.cursors[key] = 0
-        c = self.cursors[key]
+        e, c = self.epochs[key], self.cursors[key]
+        if self._perms.get(key, (None,))[0] != e:
+            perm = list(self.pools[key])
+            random.Random(f"{self.seed}:{key}:{e}").shuffle(perm)
+            self._perms[key] = (e, perm)
         self.cursors[key] = c + k
-        return self._perm(key)[c:c + k]
+        return self._perms[key][1][c:c + k]
 
     def next_global(self) -> list[int]:
         """Indices of the next global batch (every rank computes the same list)."""
