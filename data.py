@@ -481,11 +481,9 @@ def load_code_summaries(modules: Sequence[str] = CODE_MODULES) -> list[CodeSumma
             node, qual = todo.pop(0)
             todo += [(n, f"{qual}.{n.name}") for n in getattr(node, "body", [])
                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-            doc = ast.get_docstring(node)
-            if not doc or not 80 <= len(doc) <= 1000 or ">>>" in doc:
+            doc = ast.get_docstring(node)  # prose only: doctests, lists, tables, indented examples are not summaries
+            if not doc or not 80 <= len(doc) <= 1000 or ">>>" in doc or any(map(LIST_START.match, doc.split("\n"))):
                 continue
-            if any(LIST_START.match(ln) for ln in doc.split("\n")):
-                continue  # lists, tables, indented examples: not a prose summary
             decorators = getattr(node, "decorator_list", None)
             first = decorators[0].lineno if decorators else getattr(node, "lineno", 1)  # the module: line 1
             last = getattr(node, "end_lineno", len(lines))
@@ -630,12 +628,11 @@ def make_comprehension(docs, ctx, rng):
     if not gold or len(others) < 3:
         return None
     options = [rng.choice(gold)] + rng.sample(others, 3)
-    order = rng.sample(range(4), 4)
-    letters = "ABCD"
-    lines = "\n".join(f"({letters[k]}) {options[j]}" for k, j in enumerate(order))
+    order = rng.sample(range(4), 4)  # order[k] is shown as letter k; options[0] is the right one
+    lines = "\n".join(f"({'ABCD'[k]}) {options[j]}" for k, j in enumerate(order))
     question = (f'Question: Which of these sentences appears in the document titled "{docs[target][0]}"?\n'
                 f'{lines}\nEnd your reply with "The correct answer is (X)", where X is the letter.')
-    return question, letters[order.index(0)]  # options[0] is the right one; order[k] is shown as letter k
+    return question, "ABCD"[order.index(0)]
 
 
 def make_exhaustive_retrieval(docs, ctx, rng):
