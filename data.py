@@ -782,9 +782,8 @@ def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, conte
                 if n > context_tokens:  # our estimate was short: shrink the documents and draw again
                     budget -= n - context_tokens + 16
                     continue
-                samples.append(Sample(f"{task}-{seed}-{i}", task, prompt, answer, BUILD_SOURCE,
-                                      {"question": question, "prompt_tokens": n,
-                                       "documents": [t for t, _ in docs]}))
+                meta = {"question": question, "prompt_tokens": n, "documents": [t for t, _ in docs]}
+                samples.append(Sample(f"{task}-{seed}-{i}", task, prompt, answer, BUILD_SOURCE, meta))
                 break
             else:
                 raise RuntimeError(f"could not build a {task} task (context_tokens={context_tokens}) in 60 "
