@@ -409,7 +409,7 @@ def update(policy, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref
             old_lp = torch.zeros(rows.tokens.shape, device=device)
             for mb in micro_batches(rows, list(range(R)), cfg.micro_batch_tokens):
                 old_lp[mb] = forward_logprobs(policy, rows, mb, pad_id, device)
-    metrics, n_metrics = {}, 0
+    metrics, n_metrics, skipped = {}, 0, 0
     parts = [list(range(R))[k::cfg.mini_batches] for k in range(cfg.mini_batches)]
     for part in parts:
         n_tok = all_reduce(sum(int(rows.mask[i].sum()) for i in part), device)
@@ -447,17 +447,14 @@ def update(policy, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref
         bad = all_reduce(bad + float(not torch.isfinite(norm)), device)
         if bad:
             print(f"warning: non-finite loss or gradient (norm {float(norm)}): step skipped", flush=True)
-            metrics["skipped_steps"] = metrics.get("skipped_steps", 0.0) + 1
+            skipped += 1
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        metrics["grad_norm"] = float(norm)
-    if metrics.get("skipped_steps", 0) < len(parts):
+    if skipped < len(parts):
         scheduler.step()  # the schedule counts batches that updated the weights
-    out = {k: v / max(n_metrics, 1) for k, v in metrics.items() if k not in ("grad_norm", "skipped_steps")}
-    out["grad_norm"] = metrics["grad_norm"]
-    out["skipped_steps"] = metrics.get("skipped_steps", 0.0)
-    return out
+    return {**{k: v / max(n_metrics, 1) for k, v in metrics.items()},
+            "grad_norm": float(norm), "skipped_steps": float(skipped)}  # norm of the last mini-batch
 
 
 def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: int, device):
