@@ -108,7 +108,7 @@ def status(key):  # bytes, from /proc/self/status
 
 if MODEL == "smollm2":
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from train import embedded_model_dir
+    from policy import embedded_model_dir
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32).eval()
 else:

@@ -952,7 +952,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from transformers import AutoTokenizer
     t0 = time.time()
     if args.tokenizer is None:
-        from train import embedded_model_dir
+        from policy import embedded_model_dir
         args.tokenizer = str(embedded_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     documents = load_documents(args.docs)

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
 import data
+import policy
 import rewards
 import train
 from conftest import tiny_qwen3
@@ -93,8 +95,8 @@ def test_training_forward_equals_full_logits(tiny):
     mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 4 + [0] * 2], dtype=torch.bool)
     rows = train.Rows(prompts, toks, mask, torch.zeros(3, 6), [0.0] * 3, ["t"] * 3, [0, 1, 2],
                       [False] * 3, [True] * 3)
-    policy = train.Policy(lm, temperature=0.7, chunk=4)
-    got = train.forward_logprobs(policy, rows, [0, 1, 2], pad_id=151643, device=torch.device("cpu"))
+    net = policy.Policy(lm, temperature=0.7, chunk=4)
+    got = policy.forward_logprobs(net, rows, [0, 1, 2], pad_id=151643, device=torch.device("cpu"))
     for i in range(3):
         r = int(mask[i].sum())
         ids = torch.tensor([prompts[i] + toks[i, :r].tolist()])
@@ -108,7 +110,7 @@ def test_micro_batches_respect_the_token_budget():
     rows = train.Rows([[1] * 10, [1] * 50, [1] * 10, [1] * 10], torch.zeros(4, 5, dtype=torch.long),
                       torch.ones(4, 5, dtype=torch.bool), torch.zeros(4, 5), [0.0] * 4, ["t"] * 4,
                       [0] * 4, [False] * 4, [True] * 4)
-    mbs = train.micro_batches(rows, [0, 1, 2, 3], budget=60)
+    mbs = policy.micro_batches(rows, [0, 1, 2, 3], budget=60)
     assert sorted(i for mb in mbs for i in mb) == [0, 1, 2, 3]
     for mb in mbs:
         width = max(len(rows.prompts[i]) + 5 for i in mb)
@@ -143,7 +145,7 @@ def test_two_steps_end_to_end(tiny, tmp_path, monkeypatch):
     after = params(model)
     assert any(not torch.equal(before[k], after[k]) for k in before), "the update changed nothing"
     # the checkpoint is a Hugging Face folder that loads and generates
-    ckpt = train.latest_checkpoint(tmp_path)
+    ckpt = checkpoint.latest_checkpoint(tmp_path)
     assert ckpt.name == "step_000002"
     loaded = AutoModelForCausalLM.from_pretrained(ckpt)
     for k, v in params(loaded).items():
@@ -177,10 +179,10 @@ def test_crash_while_saving_keeps_previous_checkpoint(tiny, tmp_path, monkeypatc
     with pytest.raises(OSError, match="simulated"):
         train.main(args(tiny, tmp_path, "--steps", "2", "--save-every", "1"))
     monkeypatch.setattr(train.torch, "save", real_save)
-    assert train.latest_checkpoint(tmp_path).name == "step_000001"  # the half-written one is ignored
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_000001"  # the half-written one is ignored
     train.main(args(tiny, tmp_path, "--steps", "2", "--resume"))
     assert [x["step"] for x in metrics(tmp_path)] == [1, 2]
-    assert train.latest_checkpoint(tmp_path).name == "step_000002"
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_000002"
 
 
 def test_non_finite_loss_skips_the_step(tiny, tmp_path, monkeypatch):

