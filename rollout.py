@@ -397,22 +397,27 @@ def plan_chunks(lengths: list[int], chunk_tokens: int) -> list[list[Segment]]:
     return chunks + ([cur] if cur else [])
 
 
+def wave_kv_tokens(wave_lengths: list[int], n: int, max_new_tokens: int) -> int:
+    """KV positions (per layer) a wave holds: its prompts padded to the longest + n rows x new tokens."""
+    return max(wave_lengths) * len(wave_lengths) + len(wave_lengths) * n * max_new_tokens
+
+
 def plan_waves(lengths: list[int], n: int, max_new_tokens: int, budget: int | None) -> list[list[int]]:
-    """Prompt indices grouped into waves whose KV (padded prompts + n rows x new tokens) fits budget.
-    Longest first, so prompts of similar length share a wave and padding stays small."""
+    """Prompt indices grouped into waves whose KV (`wave_kv_tokens`) fits budget.
+    Longest first, so prompts of similar length share a wave and padding stays small.
+
+    A prompt that alone needs more than the budget forms a wave of its own instead of failing
+    (issue 9: the paper's G=16 x 16,384 new tokens alone is 262,144 KV tokens); that wave holds
+    more than the budget, and `generate` says so once per process. The greedy loop does this by
+    itself: adding a prompt to a wave never lowers its cost, so such a prompt joins no wave and no
+    prompt joins it.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     if budget is None:
         return [order]
-
-    def cost(ws):  # KV positions of a wave: padded prompt slots + generated slots
-        return max(lengths[j] for j in ws) * len(ws) + len(ws) * n * max_new_tokens
-
     waves, cur = [], []
     for i in order:
-        if cost([i]) > budget:
-            raise ValueError(f"prompt {i} ({lengths[i]} tokens, n={n} x {max_new_tokens} new) needs "
-                             f"{cost([i])} KV tokens, more than kv_budget_tokens={budget}")
-        if cur and cost(cur + [i]) > budget:
+        if cur and wave_kv_tokens([lengths[j] for j in cur + [i]], n, max_new_tokens) > budget:
             waves.append(cur)
             cur = []
         cur.append(i)
@@ -437,7 +442,8 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
 
     T of the outputs = the longest row (<= max_new_tokens). eos_token_ids may hold ids outside the
     vocabulary (never produced: bench.py uses one to run every row to the limit).
-    kv_budget_tokens: max KV positions per wave (per layer), counted as P*Lmax + P*n*max_new_tokens.
+    kv_budget_tokens: max KV positions per wave (per layer), counted as P*Lmax + P*n*max_new_tokens;
+    a prompt that alone needs more runs in a wave of its own (said once per process).
     prefill_chunk_tokens: tokens per prefill forward. check_every: decode steps between EOS checks.
     attention: 'auto' (flash-attn on CUDA when installed), 'torch', or 'flash' (forced; tests only).
     """
@@ -481,8 +487,19 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
     stats = dict(attention=path, prefill_s=0.0, decode_s=0.0, kv_bytes=0, waves=0, decode_steps=0,
                  prompt_tokens=sum(lengths))
 
+    waves = plan_waves(lengths, n, max_new_tokens, kv_budget_tokens)
+    over = [w for w in waves if kv_budget_tokens is not None
+            and wave_kv_tokens([lengths[i] for i in w], n, max_new_tokens) > kv_budget_tokens]
+    stats["over_budget_waves"] = len(over)
+    if over and "over_budget" not in _ANNOUNCED:  # once per process: every step of a run repeats it
+        _ANNOUNCED.add("over_budget")
+        L = lengths[over[0][0]]
+        print(f"rollout: a prompt of {L} tokens x n={n} x {max_new_tokens} new needs "
+              f"{wave_kv_tokens([L], n, max_new_tokens)} KV tokens > kv_budget_tokens={kv_budget_tokens}; "
+              f"such prompts run in a wave of their own, over the budget (said once; "
+              f"stats['over_budget_waves'] counts them per call)", flush=True)
     with inference_setting(model, ATTN_NAME):
-        for wave in plan_waves(lengths, n, max_new_tokens, kv_budget_tokens):
+        for wave in waves:
             stats["waves"] += 1
             wave_lens = [lengths[i] for i in wave]
             cache = SharedPrefixCache(cfg.num_hidden_layers, wave_lens, n, max(max_new_tokens - 1, 1),

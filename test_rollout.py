@@ -125,8 +125,47 @@ def test_waves_under_kv_budget_give_the_same_rollout():
     waves = rollout.generate(model, prompts, 2, 8, kv_budget_tokens=60, **kw)
     assert one.stats["waves"] == 1 and waves.stats["waves"] == 3
     assert torch.equal(one.tokens, waves.tokens) and torch.equal(one.lengths, waves.lengths)
-    with pytest.raises(ValueError, match="kv_budget_tokens"):
-        rollout.generate(model, prompts, 2, 8, kv_budget_tokens=40, **kw)
+    assert waves.stats["over_budget_waves"] == 0
+
+
+def test_prompt_over_the_kv_budget_runs_in_a_wave_of_its_own(capsys, monkeypatch):
+    # issue 9: the 30-token prompt alone needs 30 + 2 x 8 = 46 KV tokens > 40; it used to raise
+    model = tiny_llama(initializer_range=INIT)
+    prompts = random_prompts(model.config.vocab_size, [12, 30, 7, 19])
+    kw = dict(temperature=0, eos_token_ids=2, pad_token_id=0)  # greedy: sampled draws follow wave order
+    monkeypatch.setattr(rollout, "_ANNOUNCED", set())
+    plain = rollout.generate(model, prompts, 2, 8, **kw)
+    capsys.readouterr()
+    small = [rollout.generate(model, prompts, 2, 8, kv_budget_tokens=40, **kw) for _ in range(2)]
+    for ro in small:
+        assert ro.stats["waves"] == 4 and ro.stats["over_budget_waves"] == 1
+        for a, b in zip((ro.tokens, ro.mask, ro.lengths, ro.truncated),
+                        (plain.tokens, plain.mask, plain.lengths, plain.truncated)):
+            assert torch.equal(a, b)
+        torch.testing.assert_close(ro.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+    said = capsys.readouterr().out
+    assert said.count("kv_budget_tokens=40") == 1 and "46 KV tokens" in said  # once per process
+
+
+def test_plan_waves_at_the_paper_recipe_sizes():
+    # G=16 x 16,384 new tokens is 262,144 KV tokens before any prompt; prompts up to 163,840 tokens
+    n, new, longest = 16, 16_384, 163_840
+    lengths = [100, longest, 50_000, 8_000, 100_000, 100, 120_000]
+    kv = lambda wave: rollout.wave_kv_tokens([lengths[i] for i in wave], n, new)  # noqa: E731
+    recipe = 425_984  # train.py's PAPER kv_budget_tokens = 163,840 + 16 x 16,384
+    assert recipe == longest + n * new
+    for budget in (recipe, 262_144):  # the recipe's budget, and the old one that crashed
+        waves = rollout.plan_waves(lengths, n, new, budget)
+        assert sorted(i for w in waves for i in w) == list(range(len(lengths)))  # each prompt once
+        assert [lengths[w[0]] for w in waves] == sorted(lengths, reverse=True)  # longest first
+        # two prompts never fit (2 x 262,144 alone is over either budget): one prompt per wave
+        assert all(len(w) == 1 for w in waves)
+        over = [lengths[w[0]] for w in waves if kv(w) > budget]
+        assert over == ([] if budget == recipe else sorted(lengths, reverse=True))
+    assert kv([1]) == recipe  # the longest prompt fills the recipe's budget exactly
+    assert rollout.plan_waves([100, 100], n, new, 262_144) == [[0], [1]]  # the issue's crash
+    # an oversized prompt does not stop smaller ones from sharing a wave: 6 + 5 + 2 x 2 x 4 = 28 <= 30
+    assert rollout.plan_waves([5, 50, 6], 2, 4, 30) == [[1], [2, 0]]
 
 
 # -----------------------------------------------------------------------------
