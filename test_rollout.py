@@ -255,6 +255,49 @@ def test_sampling_frequencies_follow_the_filtered_distribution():
 
 
 # -----------------------------------------------------------------------------
+# The bf16 sampler the rollouts run on (policy.make_sampler): RoPE frequencies stay float32 (issue 9)
+
+def tail_logprobs(model, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """log p of the last k tokens of ids [1, L] given the ones before, float32 [k]. The LM head runs
+    on those k positions only: at Qwen's vocabulary all 8K positions would be a 5 GB logits tensor."""
+    with torch.no_grad():
+        h = model.model(ids).last_hidden_state[0, -k - 1:-1]  # [k, C], predicts ids[-k:]
+        logits = model.lm_head(h).float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[0, -k:, None])[:, 0]
+
+
+def test_bf16_sampler_keeps_rope_buffers_and_matches_the_fp32_trainer_at_8k_tokens():
+    import copy
+    import policy
+    # Qwen3-4B's head_dim (128) and rope theta (5e6); one layer keeps an 8K forward a few seconds
+    theta, L, k = 5e6, 8192, 512
+    trainer = tiny_qwen3(layers=1, hidden=256, heads=2, kv_heads=1, initializer_range=INIT,
+                         rope_parameters={"rope_type": "default", "rope_theta": theta})
+    D = trainer.config.head_dim
+    inv_freq = trainer.model.rotary_emb.inv_freq
+    assert D == 128 and inv_freq.dtype == torch.float32  # the override took effect
+    torch.testing.assert_close(inv_freq, 1.0 / theta ** (torch.arange(0, D, 2).float() / D))
+    sampler = policy.make_sampler(trainer)
+    assert {p.dtype for p in sampler.parameters()} == {torch.bfloat16}
+    mine = dict(trainer.named_buffers())
+    assert {"model.rotary_emb.inv_freq", "model.rotary_emb.original_inv_freq"} <= set(mine)
+    for name, buf in sampler.named_buffers():  # every buffer bit for bit, same dtype
+        assert buf.dtype == mine[name].dtype and torch.equal(buf, mine[name]), name
+    # log-probs of the last 512 tokens of an 8K sequence (where a phase error is largest)
+    ids = torch.randint(0, trainer.config.vocab_size, (1, L), generator=torch.Generator().manual_seed(0))
+    ref = tail_logprobs(trainer, ids, k)
+    err = (tail_logprobs(sampler, ids, k) - ref).abs().mean()
+    assert err < 0.1, err  # the bf16 level (measured 0.046)
+    # the old sampler, deepcopy().to(bf16), also cast inv_freq: its buffers differ and its log-probs
+    # are off by ~1 nat (measured 1.02), the defect this test guards against
+    old = copy.deepcopy(trainer).to(torch.bfloat16)
+    assert old.model.rotary_emb.inv_freq.dtype == torch.bfloat16
+    assert not torch.equal(old.model.rotary_emb.inv_freq.float(), inv_freq)
+    old_err = (tail_logprobs(old, ids, k) - ref).abs().mean()
+    assert old_err > 0.3 and old_err > 5 * err, (old_err, err)
+
+
+# -----------------------------------------------------------------------------
 # The flash-attn path, on CPU, against a fake flash_attn that follows the documented semantics
 
 def _reference_attention(q, k, v, scale, causal):
