@@ -24,8 +24,12 @@ otherwise an exact torch path with the same semantics. Which one runs is printed
 Supported families: Qwen2, Qwen3, Llama (checked by config.model_type); others get a ValueError.
 
 Departures from verl (the paper's rollout engine is vLLM): no paged memory or continuous batching.
-Prompts are processed in waves that fit `kv_budget_tokens`; rows that finish are dropped from the
-batch at the next EOS check (every `check_every` steps, to avoid a host sync per token).
+Prompts are processed in waves that fit `kv_budget_tokens` (a prompt that alone needs more gets a
+wave of its own); rows that finish are dropped from the batch at the next EOS check (every
+`check_every` steps, to avoid a host sync per token).
+
+Read top to bottom: attention helpers, the cache, the four kernels, sampling, model plumbing,
+planning (chunks, waves), then `generate` and the steps it calls, in call order.
 """
 
 import time
@@ -38,7 +42,7 @@ from torch import Tensor
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 ATTN_NAME = "golongrl_shared_prefix"  # the name our attention function is registered under
-_ANNOUNCED: set[str] = set()  # attention paths already printed in this process
+_ANNOUNCED: set[str] = set()  # say_once keys already printed in this process
 
 
 @dataclass
@@ -101,31 +105,47 @@ class Segment:
 
 
 class SharedPrefixCache:
-    """KV storage for one wave of prompts, in flash-attn's [batch, seq, kv_heads, head_dim] layout.
+    """KV storage for one wave of P prompts and its A rows (P*n at first, fewer as rows finish), in
+    flash-attn's [batch, seq, kv_heads, head_dim] layout, plus the metadata the attention hook reads.
 
-    prompt_k/v[layer]: [P, Lmax, Hkv, D], one copy per prompt, read by all n rows of that prompt.
-    gen_k/v[layer]:    [A, T-1, Hkv, D], one slot per active row and generated token (preallocated).
+    prefill_wave calls set_prefill once per chunk; decode_wave calls set_decode once per step and
+    keep_rows every few steps; the four kernels read the fields once per layer. Every field is
+    declared here; the metadata of the phase not running keeps its last (or empty) value.
     """
 
     def __init__(self, layers: int, prompt_lens: list[int], n: int, gen_capacity: int,
                  kv_heads: int, head_dim: int, dtype, device, path: str):
         P, Lmax = len(prompt_lens), max(prompt_lens)
         shape_p, shape_g = (P, Lmax, kv_heads, head_dim), (P * n, gen_capacity, kv_heads, head_dim)
+        # --- storage, one tensor per layer
         self.prompt_k = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
         self.prompt_v = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
+        # ^ [P, Lmax, Hkv, D]: one copy per prompt, read by all n rows of that prompt
         self.gen_k = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
         self.gen_v = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
+        # ^ [A, gen_capacity, Hkv, D]: slot t holds the row's generated token t (preallocated)
         self.prompt_lens = torch.tensor(prompt_lens, device=device)  # [P] int64
-        self.n, self.path, self.phase = n, path, "prefill"
-        self.bytes = sum(t.numel() * t.element_size()
+        self.bytes = sum(t.numel() * t.element_size()  # allocated once: the wave's KV peak
                          for t in self.prompt_k + self.prompt_v + self.gen_k + self.gen_v)
-        # Row bookkeeping (decode): row r of the step batch is sample row_sample[r] of prompt row_prompt[r]
-        self.row_prompt = torch.arange(P, device=device).repeat_interleave(n)  # [A]
-        self.row_sample = torch.arange(n, device=device).repeat(P)             # [A]
-        self.step = 0  # the gen slot the current decode token is written to
+        self.n, self.path = n, path  # samples per prompt; kernels: "torch" | "flash"
+        self.phase = "prefill"       # "prefill" | "decode": which kernel the hook calls
+        # --- rows (decode): row r of the step batch is sample row_sample[r] of prompt slot row_prompt[r]
+        self.row_prompt = torch.arange(P, device=device).repeat_interleave(n)  # [A] int64
+        self.row_sample = torch.arange(n, device=device).repeat(P)             # [A] int64
+        # --- prefill metadata, one chunk at a time (set_prefill)
+        self.segments: list[Segment] = []        # the chunk's pieces of prompts, in packed order
+        self.masks: list[Tensor | None] = []     # torch: per segment [c, end] bool, None = plain causal
+        self.cu_q: Tensor | None = None          # flash: [segments + 1] int32 cumulative query lengths
+        self.cu_k: Tensor | None = None          # flash: [segments + 1] int32 cumulative key lengths
+        self.max_q = self.max_k = 0              # flash: longest query / key segment
+        # --- decode metadata, one step at a time (set_decode)
+        self.step = 0                              # the gen slot this step's K/V is written to
+        self.cache_batch_idx: Tensor | None = None  # flash: [A] int32, prompt slot of each row
+        self.prompt_seqlens: Tensor | None = None   # flash: [A] int32, prompt length of each row
+        self.gen_seqlens: Tensor | None = None      # flash: [A] int32, = step (own tokens before it)
 
-    # --- prefill metadata (set once per chunk, read by every layer)
     def set_prefill(self, segments: list[Segment]):
+        """Metadata of one packed prefill chunk, read by every layer's prefill kernel."""
         self.phase, self.segments = "prefill", segments
         device = self.prompt_lens.device
         if self.path == "torch":  # bottom-right causal mask per segment; None = plain causal (start 0)
@@ -138,9 +158,15 @@ class SharedPrefixCache:
             self.cu_k = torch.tensor([0] + k_lens, device=device).cumsum(0).to(torch.int32)
             self.max_q, self.max_k = max(q_lens), max(k_lens)
 
-    # --- decode: drop finished rows (and prompts with no row left); one host sync, every few steps
-    def keep_rows(self, keep: Tensor):
-        """keep: [A] bool over the current rows. Compacts gen caches, prompt caches and bookkeeping."""
+    def keep_rows(self, keep: Tensor) -> Tensor:
+        """Drop finished rows. keep: [A] bool over the current rows; returns idx [A'] of the kept ones,
+        with which the caller compacts its own per-row tensors. Changes, in place:
+
+          gen_k, gen_v, row_prompt, row_sample   -> the kept rows only, in order;
+          and if every row of some prompt has now finished, that prompt is freed:
+          prompt_k, prompt_v, prompt_lens        -> the live prompts only, padding trimmed to the
+                                                    new longest; row_prompt renumbered to new slots.
+        """
         idx = keep.nonzero().squeeze(1)
         self.gen_k = [t.index_select(0, idx) for t in self.gen_k]
         self.gen_v = [t.index_select(0, idx) for t in self.gen_v]
@@ -157,6 +183,7 @@ class SharedPrefixCache:
         return idx
 
     def set_decode(self, step: int):
+        """Metadata of one decode step (every active row writes gen slot `step`)."""
         self.phase, self.step = "decode", step
         if self.path == "flash":  # int32 metadata for flash_attn_with_kvcache
             self.cache_batch_idx = self.row_prompt.to(torch.int32)
@@ -425,7 +452,118 @@ def plan_waves(lengths: list[int], n: int, max_new_tokens: int, budget: int | No
 
 
 # -----------------------------------------------------------------------------
-# generate: waves -> prefill (chunked) -> decode loop with EOS checks every few steps
+# generate, in call order: check_inputs -> start_attention -> plan_waves -> per wave:
+# prefill_wave -> decode_wave (decode_step, keep_rows every few steps) -> Rollout
+
+def say_once(key: str, text: str):
+    """Print text the first time `key` comes up in this process (every rank and step repeats it)."""
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(text, flush=True)
+
+
+def check_inputs(vocab: int, prompts, n: int, max_new_tokens: int, eos: list[int], pad_token_id,
+                 temperature: float, top_p: float, top_k: int, check_every: int, prefill_chunk_tokens: int):
+    """ValueError naming the bad argument, before the model is touched."""
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
+    if n < 1 or max_new_tokens < 1 or not eos or check_every < 1 or prefill_chunk_tokens < 1:
+        raise ValueError(f"need n, max_new_tokens, check_every, prefill_chunk_tokens >= 1 and an EOS id "
+                         f"(n={n}, max_new_tokens={max_new_tokens}, eos={eos})")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
+    if not isinstance(pad_token_id, int) or not 0 <= pad_token_id < vocab:
+        raise ValueError(f"pad_token_id={pad_token_id} outside the vocabulary [0, {vocab})")
+    for i, p in enumerate(prompts):
+        if len(p) == 0 or min(p) < 0 or max(p) >= vocab:
+            raise ValueError(f"prompt {i}: empty or token id outside [0, {vocab}) (len {len(p)})")
+
+
+def start_attention(attention: str, device: torch.device, dtype) -> str:
+    """Pick the kernels ('torch' | 'flash'), say once which, and register our attention function."""
+    path, why = choose_attention(attention, device, dtype)
+    say_once(path, f"rollout: attention path = {path} ({why})")
+    from transformers import AttentionInterface
+    AttentionInterface.register(ATTN_NAME, shared_prefix_attention)  # idempotent
+    return path
+
+
+def count_over_budget(lengths: list[int], waves: list[list[int]], n: int, max_new_tokens: int,
+                      budget: int | None) -> int:
+    """Waves over the budget (a prompt that alone needs more, see plan_waves); said once per process."""
+    over = [w for w in waves if budget is not None
+            and wave_kv_tokens([lengths[i] for i in w], n, max_new_tokens) > budget]
+    if over:
+        L = lengths[over[0][0]]
+        say_once("over_budget", f"rollout: a prompt of {L} tokens x n={n} x {max_new_tokens} new needs "
+                 f"{wave_kv_tokens([L], n, max_new_tokens)} KV tokens > kv_budget_tokens={budget}; "
+                 f"such prompts run in a wave of their own, over the budget (said once; "
+                 f"stats['over_budget_waves'] counts them per call)")
+    return len(over)
+
+
+def prefill_wave(model, base, prompts: list[list[int]], cache: SharedPrefixCache,
+                 chunk_tokens: int) -> Tensor:
+    """Each prompt of the wave once, in packed chunks of <= chunk_tokens tokens; its K/V land in
+    cache.prompt_k/v. Returns the logits at each prompt's last token, [P, V] float32."""
+    device = cache.prompt_lens.device
+    lens = [len(p) for p in prompts]
+    first_logits = torch.empty(len(prompts), model.config.vocab_size, device=device)  # [P, V]
+    for segs in plan_chunks(lens, chunk_tokens):
+        ids = torch.tensor([t for s in segs for t in prompts[s.prompt][s.start:s.end]],
+                           device=device)[None]  # [1, S]
+        pos = torch.cat([torch.arange(s.start, s.end, device=device) for s in segs])[None]  # [1, S]
+        ends = [s for s in segs if s.end == lens[s.prompt]]  # segments that finish their prompt
+        cache.set_prefill(segs)
+        last = torch.tensor([s.q0 + s.end - s.start - 1 for s in ends], dtype=torch.long, device=device)
+        first_logits[[s.prompt for s in ends]] = forward_tokens(model, base, ids, pos, cache, last)
+    return first_logits
+
+
+def decode_step(model, base, cache: SharedPrefixCache, tok: Tensor, t: int) -> Tensor:
+    """Feed each active row's token t - 1 (tok [A]), at position prompt_len + t - 1 and gen slot
+    t - 1; returns the logits for token t, [A, V] float32."""
+    cache.set_decode(t - 1)
+    pos = (cache.prompt_lens[cache.row_prompt] + t - 1)[:, None]  # [A, 1]
+    return forward_tokens(model, base, tok[:, None], pos, cache, torch.arange(len(tok), device=tok.device))
+
+
+def decode_wave(model, base, cache: SharedPrefixCache, first_logits: Tensor, sample, stop: Tensor,
+                pad_token_id: int, max_new_tokens: int, check_every: int):
+    """Sample up to max_new_tokens for the wave's P*n rows (prompt-major), from first_logits [P, V].
+
+    sample: logits [B, V] -> (tokens [B], logprobs [B]); stop: [E] ids that end a row.
+    Returns ((tokens, mask, logprobs) each [P*n, max_new_tokens], number of decode forwards).
+    A finished row feeds pad, masked out, until the next EOS check drops it from the batch: every
+    check_every steps, the loop's only host sync.
+    """
+    A, device = first_logits.shape[0] * cache.n, first_logits.device
+    tokens = torch.full((A, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((A, max_new_tokens), dtype=torch.bool, device=device)
+    logprobs = torch.zeros((A, max_new_tokens), dtype=torch.float32, device=device)
+    rows = torch.arange(A, device=device)  # [A'] wave row of each active row
+    done = torch.zeros(A, dtype=torch.bool, device=device)
+    tok, lp = sample(first_logits.repeat_interleave(cache.n, 0))  # token 0 of every row
+    steps = 0
+    for t in range(max_new_tokens):
+        if t > 0:
+            if t % check_every == 0:  # drop finished rows
+                keep = ~done
+                if not bool(keep.any()):
+                    break
+                if not bool(keep.all()):
+                    idx = cache.keep_rows(keep)
+                    rows, done, tok = rows[idx], done[idx], tok[idx]
+            tok, lp = sample(decode_step(model, base, cache, tok, t))
+            steps += 1
+        # record token t of each row; rows that already ended get pad / masked out
+        tokens[rows, t] = torch.where(done, pad_token_id, tok)
+        logprobs[rows, t] = torch.where(done, 0.0, lp)
+        mask[rows, t] = ~done
+        done = done | torch.isin(tok, stop)
+        tok = torch.where(done, pad_token_id, tok)  # finished rows feed pad until dropped
+    return (tokens, mask, logprobs), steps
+
 
 def _sync(device):
     if device.type == "cuda":
@@ -447,117 +585,52 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
     prefill_chunk_tokens: tokens per prefill forward. check_every: decode steps between EOS checks.
     attention: 'auto' (flash-attn on CUDA when installed), 'torch', or 'flash' (forced; tests only).
     """
-    # --- validate input before touching the model
-    base = check_model(model)
-    vocab = model.config.vocab_size
+    base, cfg = check_model(model), model.config
     eos = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
-    if not prompts:
-        raise ValueError("generate needs at least one prompt")
-    if n < 1 or max_new_tokens < 1 or not eos or check_every < 1 or prefill_chunk_tokens < 1:
-        raise ValueError(f"need n, max_new_tokens, check_every, prefill_chunk_tokens >= 1 and an EOS id "
-                         f"(n={n}, max_new_tokens={max_new_tokens}, eos={eos})")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(f"bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
-    if not isinstance(pad_token_id, int) or not 0 <= pad_token_id < vocab:
-        raise ValueError(f"pad_token_id={pad_token_id} outside the vocabulary [0, {vocab})")
-    for i, p in enumerate(prompts):
-        if len(p) == 0 or min(p) < 0 or max(p) >= vocab:
-            raise ValueError(f"prompt {i}: empty or token id outside [0, {vocab}) (len {len(p)})")
+    check_inputs(cfg.vocab_size, prompts, n, max_new_tokens, eos, pad_token_id, temperature, top_p,
+                 top_k, check_every, prefill_chunk_tokens)
     embed = base.embed_tokens.weight
     device, dtype = embed.device, embed.dtype
-    path, why = choose_attention(attention, device, dtype)
-    if path not in _ANNOUNCED:
-        _ANNOUNCED.add(path)
-        print(f"rollout: attention path = {path} ({why})", flush=True)
-    from transformers import AttentionInterface
-    AttentionInterface.register(ATTN_NAME, shared_prefix_attention)  # idempotent
-
-    cfg = model.config
+    path = start_attention(attention, device, dtype)
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    sample = lambda logits: sample_next(logits, temperature, top_k, top_p, generator)  # noqa: E731
+    stop = torch.tensor(eos, device=device)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     lengths = [len(p) for p in prompts]
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    eos_t = torch.tensor(eos, device=device)
-    # Outputs for all rows, written in place by index (no cat per step); trimmed to the longest row.
+    waves = plan_waves(lengths, n, max_new_tokens, kv_budget_tokens)
+    # Outputs for all rows [P*n, max_new_tokens], filled wave by wave; trimmed to the longest row.
     rows_total = len(prompts) * n
     tokens = torch.full((rows_total, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros((rows_total, max_new_tokens), dtype=torch.bool, device=device)
     logprobs = torch.zeros((rows_total, max_new_tokens), dtype=torch.float32, device=device)
-    stats = dict(attention=path, prefill_s=0.0, decode_s=0.0, kv_bytes=0, waves=0, decode_steps=0,
-                 prompt_tokens=sum(lengths))
+    stats = dict(attention=path, prefill_s=0.0, decode_s=0.0, kv_bytes=0, waves=len(waves),
+                 decode_steps=0, prompt_tokens=sum(lengths),
+                 over_budget_waves=count_over_budget(lengths, waves, n, max_new_tokens, kv_budget_tokens))
 
-    waves = plan_waves(lengths, n, max_new_tokens, kv_budget_tokens)
-    over = [w for w in waves if kv_budget_tokens is not None
-            and wave_kv_tokens([lengths[i] for i in w], n, max_new_tokens) > kv_budget_tokens]
-    stats["over_budget_waves"] = len(over)
-    if over and "over_budget" not in _ANNOUNCED:  # once per process: every step of a run repeats it
-        _ANNOUNCED.add("over_budget")
-        L = lengths[over[0][0]]
-        print(f"rollout: a prompt of {L} tokens x n={n} x {max_new_tokens} new needs "
-              f"{wave_kv_tokens([L], n, max_new_tokens)} KV tokens > kv_budget_tokens={kv_budget_tokens}; "
-              f"such prompts run in a wave of their own, over the budget (said once; "
-              f"stats['over_budget_waves'] counts them per call)", flush=True)
     with inference_setting(model, ATTN_NAME):
         for wave in waves:
-            stats["waves"] += 1
-            wave_lens = [lengths[i] for i in wave]
-            cache = SharedPrefixCache(cfg.num_hidden_layers, wave_lens, n, max(max_new_tokens - 1, 1),
-                                      cfg.num_key_value_heads, head_dim, dtype, device, path)
+            cache = SharedPrefixCache(cfg.num_hidden_layers, [lengths[i] for i in wave], n,
+                                      max(max_new_tokens - 1, 1), cfg.num_key_value_heads, head_dim,
+                                      dtype, device, path)
             stats["kv_bytes"] = max(stats["kv_bytes"], cache.bytes)
-
-            # --- prefill: each prompt once, in packed chunks; logits at each prompt's last token
             t0 = time.perf_counter()
-            first_logits = torch.empty(len(wave), vocab, device=device)  # [P, V]
-            for segs in plan_chunks(wave_lens, prefill_chunk_tokens):
-                ids = torch.tensor([t for s in segs for t in prompts[wave[s.prompt]][s.start:s.end]],
-                                   device=device)[None]  # [1, S]
-                pos = torch.cat([torch.arange(s.start, s.end, device=device) for s in segs])[None]
-                ends = [s for s in segs if s.end == wave_lens[s.prompt]]
-                cache.set_prefill(segs)
-                last = torch.tensor([s.q0 + s.end - s.start - 1 for s in ends], dtype=torch.long,
-                                    device=device)
-                logits = forward_tokens(model, base, ids, pos, cache, last)  # [len(ends), V]
-                first_logits[[s.prompt for s in ends]] = logits
+            first_logits = prefill_wave(model, base, [prompts[i] for i in wave], cache, prefill_chunk_tokens)
             _sync(device)
             t1 = time.perf_counter()
-            stats["prefill_s"] += t1 - t0
-
-            # --- decode: row r of this wave is global row wave[r // n] * n + r % n
-            rows = (torch.tensor(wave, device=device)[:, None] * n
-                    + torch.arange(n, device=device)).flatten()  # [A] global row ids, prompt-major
-            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-            tok, lp = sample_next(first_logits.repeat_interleave(n, 0), temperature, top_k, top_p,
-                                  generator)
-            for t in range(max_new_tokens):
-                if t > 0:
-                    if t % check_every == 0:  # the only host sync of the loop: drop finished rows
-                        keep = ~done
-                        if not bool(keep.any()):
-                            break
-                        if not bool(keep.all()):
-                            idx = cache.keep_rows(keep)
-                            rows, done, tok = rows[idx], done[idx], tok[idx]
-                    # the previous token sits at position prompt_len + t - 1 and gen slot t - 1
-                    cache.set_decode(t - 1)
-                    pos = (cache.prompt_lens[cache.row_prompt] + t - 1)[:, None]  # [A, 1]
-                    logits = forward_tokens(model, base, tok[:, None], pos, cache,
-                                            torch.arange(len(rows), device=device))
-                    tok, lp = sample_next(logits, temperature, top_k, top_p, generator)
-                    stats["decode_steps"] += 1
-                # record token t of each row; rows that already ended get pad / masked out
-                tokens[rows, t] = torch.where(done, pad_token_id, tok)
-                logprobs[rows, t] = torch.where(done, 0.0, lp)
-                mask[rows, t] = ~done
-                done = done | torch.isin(tok, eos_t)
-                tok = torch.where(done, pad_token_id, tok)  # finished rows feed pad until dropped
+            out, steps = decode_wave(model, base, cache, first_logits, sample, stop, pad_token_id,
+                                     max_new_tokens, check_every)
             _sync(device)
+            stats["prefill_s"] += t1 - t0
             stats["decode_s"] += time.perf_counter() - t1
+            stats["decode_steps"] += steps
             del cache
+            # wave row r is global row wave[r // n] * n + r % n
+            rows = (torch.tensor(wave, device=device)[:, None] * n + torch.arange(n, device=device)).flatten()
+            tokens[rows], mask[rows], logprobs[rows] = out
 
     lengths_out = mask.sum(1)
     T = max(int(lengths_out.max()), 1)
-    ended = (torch.isin(tokens, eos_t) & mask).any(1)
+    ended = (torch.isin(tokens, stop) & mask).any(1)
     total = float(lengths_out.sum())
     secs = stats["prefill_s"] + stats["decode_s"]
     stats.update(generated_tokens=int(total), tokens_per_s=total / max(secs, 1e-9),
