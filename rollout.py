@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+from torch.nn.functional import scaled_dot_product_attention
 from torch import Tensor
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
@@ -203,8 +203,8 @@ def prefill_torch(cache, layer, q, k, v, scale):
         cache.prompt_v[layer][seg.prompt, seg.start:seg.end] = v[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
         keys = cache.prompt_k[layer][seg.prompt, :seg.end].transpose(0, 1)[None]  # [1, Hkv, end, D]
         vals = cache.prompt_v[layer][seg.prompt, :seg.end].transpose(0, 1)[None]
-        o = F.scaled_dot_product_attention(q[:, :, seg.q0:seg.q0 + c], keys, vals, attn_mask=mask,
-                                           is_causal=mask is None, scale=scale, enable_gqa=True)
+        o = scaled_dot_product_attention(q[:, :, seg.q0:seg.q0 + c], keys, vals, attn_mask=mask,
+                                         is_causal=mask is None, scale=scale, enable_gqa=True)
         out[0, seg.q0:seg.q0 + c] = o[0].transpose(0, 1)  # o: [1, H, c, D]
     return out
 
@@ -598,14 +598,14 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     lengths = [len(p) for p in prompts]
     waves = plan_waves(lengths, n, max_new_tokens, kv_budget_tokens)
+    over_budget = count_over_budget(lengths, waves, n, max_new_tokens, kv_budget_tokens)  # says so once
     # Outputs for all rows [P*n, max_new_tokens], filled wave by wave; trimmed to the longest row.
     rows_total = len(prompts) * n
     tokens = torch.full((rows_total, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros((rows_total, max_new_tokens), dtype=torch.bool, device=device)
     logprobs = torch.zeros((rows_total, max_new_tokens), dtype=torch.float32, device=device)
     stats = dict(attention=path, prefill_s=0.0, decode_s=0.0, kv_bytes=0, waves=len(waves),
-                 decode_steps=0, prompt_tokens=sum(lengths),
-                 over_budget_waves=count_over_budget(lengths, waves, n, max_new_tokens, kv_budget_tokens))
+                 decode_steps=0, prompt_tokens=sum(lengths), over_budget_waves=over_budget)
 
     with inference_setting(model, ATTN_NAME):
         for wave in waves:
