@@ -431,6 +431,32 @@ def test_refuses_unsupported_family_and_bad_input():
     assert model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("path", ["torch", "flash"])
+def test_cache_fields_declared_in_init_and_what_keep_rows_compacts(path):
+    # 2 layers, prompts of 5 and 3 tokens, n=2 (rows 0, 1 -> prompt 0; rows 2, 3 -> prompt 1)
+    cache = rollout.SharedPrefixCache(2, [5, 3], 2, 4, 1, 8, torch.float32, "cpu", path)
+    declared = set(vars(cache))
+    for layer in range(2):  # mark each row's and each prompt's storage with its own number
+        cache.gen_k[layer][:] = torch.arange(4.)[:, None, None, None]
+        cache.prompt_k[layer][:] = torch.arange(2.)[:, None, None, None]
+    cache.set_prefill(rollout.plan_chunks([5, 3], 4)[0])
+    cache.set_decode(0)
+    # rows 0-2 finished: prompt 0 has no row left and is freed, padding trimmed to prompt 1's 3
+    idx = cache.keep_rows(torch.tensor([False, False, False, True]))
+    cache.set_decode(1)
+    assert set(vars(cache)) == declared  # no field appears outside __init__
+    assert idx.tolist() == [3]
+    assert cache.row_prompt.tolist() == [0] and cache.row_sample.tolist() == [1]  # prompt 1 is slot 0
+    assert cache.prompt_lens.tolist() == [3]
+    for layer in range(2):
+        assert cache.gen_k[layer].shape == cache.gen_v[layer].shape == (1, 4, 1, 8)
+        assert cache.prompt_k[layer].shape == cache.prompt_v[layer].shape == (1, 3, 1, 8)
+        assert (cache.gen_k[layer] == 3).all() and (cache.prompt_k[layer] == 1).all()
+    if path == "flash":
+        assert cache.cache_batch_idx.tolist() == [0] and cache.prompt_seqlens.tolist() == [3]
+        assert cache.gen_seqlens.tolist() == [1] and cache.cache_batch_idx.dtype == torch.int32
+
+
 def test_plan_chunks_packs_and_splits_prompts():
     chunks = rollout.plan_chunks([5, 2, 9], 4)
     flat = [(s.prompt, s.start, s.end, s.q0) for c in chunks for s in c]
