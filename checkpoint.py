@@ -4,7 +4,8 @@ kept), the random generators they restore, and the reward plot drawn from metric
     import checkpoint
     ckpt = checkpoint.latest_checkpoint(Path("runs/default"))   # newest complete one, or None
 
-No collectives here: train.py gathers what every rank must contribute and calls these on rank 0.
+No collectives here except in the last section (the sharded optimizer state, which every rank
+writes and reads): train.py gathers what every rank must contribute and calls the rest on rank 0.
 """
 
 import json
@@ -34,17 +35,23 @@ def set_rng_state(s: dict):
 
 
 def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, batches, keep: int,
-                    rngs: list):
+                    rngs: list, state_dict=None, optimizer_dir=None):
     """out_dir/checkpoints/step_000012/{model.safetensors, config.json, tokenizer..., trainer_state.pt}.
     Written to a temporary folder and renamed, so a crash mid-save leaves the previous one intact.
-    Rank 0 only; `rngs` holds every rank's generators (train.py gathers them), restored rank by rank."""
+    Rank 0 only; `rngs` holds every rank's generators (train.py gathers them), restored rank by rank.
+    Under fsdp, `state_dict` is the gathered full state dict (the model itself holds shards) and
+    `optimizer_dir` the sharded optimizer state (save_sharded_optimizer), moved in as optimizer/;
+    trainer_state.pt then has optimizer None."""
     root = out_dir / "checkpoints"
     final, tmp = root / f"step_{step:06d}", root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tok.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "data": batches.state_dict(), "rng": rngs}, tmp / "trainer_state.pt")
+    if optimizer_dir is not None:
+        os.replace(optimizer_dir, tmp / "optimizer")
+    torch.save({"step": step, "optimizer": None if optimizer_dir else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "data": batches.state_dict(), "rng": rngs},
+               tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(root.glob("step_*"))[:-keep]:
@@ -78,3 +85,32 @@ def plot_rewards(out_dir: Path):
     ax.set_xlabel("step"), ax.set_ylabel("mean reward"), ax.legend(fontsize=7)
     fig.savefig(out_dir / "rewards.png", dpi=120)
     print(f"wrote {out_dir / 'rewards.png'}")
+
+
+# -----------------------------------------------------------------------------
+# Sharded optimizer state (--shard fsdp): torch.distributed.checkpoint, one file per rank
+
+def save_sharded_optimizer(out_dir: Path, step: int, model, optimizer, rank: int) -> Path:
+    """Every rank writes its AdamW shards to out_dir/checkpoints/.tmp_optim_step_000012/ (one
+    .distcp file each, plus rank 0's .metadata); save_checkpoint then moves the folder into the
+    step's. Collective: call on every rank. Several nodes need a shared file system for out_dir.
+    Keys are parameter names (not optimizer indices), so the files load at another world size."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    path = out_dir / "checkpoints" / f".tmp_optim_step_{step:06d}"
+    if rank == 0:
+        shutil.rmtree(path, ignore_errors=True)  # a crashed save's files, maybe from another world size
+    dist.barrier()
+    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=path)
+    return path
+
+
+def load_sharded_optimizer(path: Path, model, optimizer):
+    """Read what save_sharded_optimizer wrote into `optimizer` (sharded or not: DCP reshards to the
+    tensors the current optimizer holds). Collective under a process group: call on every rank."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}  # the shapes to fill in
+    dcp.load(state, checkpoint_id=path)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])

@@ -15,9 +15,11 @@ import copy
 import importlib.util
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import grpo
@@ -165,3 +167,147 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
     lp = policy(ids.to(device), att.to(device), b_idx.to(device), cols.to(device), targets.to(device))
     out = torch.zeros(len(mb), T, dtype=lp.dtype, device=device)
     return out.index_put((b_idx.to(device), t_idx.to(device)), lp)              # [b, T]
+
+
+# -----------------------------------------------------------------------------
+# Sharding: DDP or FSDP2 (issue 11)
+#
+# ddp : every rank holds the whole float32 model, its gradients and AdamW's two moments
+#       (16 bytes per parameter) and all-reduces gradients once per optimizer step.
+# fsdp: PyTorch's FSDP2 (`fully_shard`) keeps 1/N of each of those per rank as DTensor shards; each
+#       decoder layer gathers its full weights just before its forward (and again in backward) and
+#       frees them after, and gradients are reduce-scattered back to the shards. The optimizer works
+#       on the shards as if they were ordinary tensors.
+# Every FSDP forward is a collective (the per-layer all-gather), so under fsdp all ranks must run the
+# same number of forwards: even_micro_batches pads the shorter ranks with dummy passes, and the
+# sampler is always a full copy (a sharded model cannot generate on its own: ranks decode different
+# lengths).
+
+def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print) -> nn.Module:
+    """The module the update calls (its forward is net's). `net` is changed in place under fsdp.
+
+    ddp : DistributedDataParallel around net.
+    fsdp: fully_shard each decoder layer, then the root (net: the embedding, final norm and the tied
+          LM head, which Policy.forward uses directly). On CUDA compute runs on bf16 copies of the
+          gathered weights; gradients are reduced in float32 into float32 master shards.
+    One process: net itself (nothing to shard or sync).
+    """
+    if shard not in ("ddp", "fsdp"):
+        raise ValueError(f"--shard must be ddp or fsdp, got {shard!r}")
+    if world == 1:
+        if shard == "fsdp":
+            log("--shard fsdp with one process: nothing to shard, training the plain model")
+        return net
+    if shard == "ddp":
+        return nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(device.type, (world,))  # one flat group: every rank holds 1/world
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if device.type == "cuda" else MixedPrecisionPolicy())  # CPU: float32 throughout (tests)
+    for layer in net.lm.base_model.layers:  # one all-gather unit per decoder layer
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(net, mesh=mesh, mp_policy=mp)  # the rest: embedding, final norm, LM head
+    return net
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+@contextmanager
+def grad_sync(model: nn.Module, sync: bool):
+    """Gradient accumulation: reduce gradients across ranks only when `sync` (the last micro-batch
+    of an optimizer step). DDP: no_sync() on the others. FSDP2: set_requires_gradient_sync; while
+    it is off each layer keeps its *unsharded* float32 gradient (4 bytes per parameter, the price of
+    one reduce-scatter per step instead of one per micro-batch; see README)."""
+    if is_fsdp(model):
+        model.set_requires_gradient_sync(sync)
+        yield
+    elif isinstance(model, nn.parallel.DistributedDataParallel) and not sync:
+        with model.no_sync():
+            yield
+    else:
+        yield
+
+
+def even_micro_batches(mbs: list, model: nn.Module, device) -> list:
+    """Under fsdp, pad this rank's micro-batches with empty ones ([] = a dummy pass) up to the most
+    any rank has: each FSDP forward all-gathers with every other rank. DDP syncs once per step and
+    needs no padding."""
+    if not is_fsdp(model):
+        return mbs
+    n = torch.tensor([len(mbs)], device=device)  # NCCL reduces CUDA tensors only
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
+    return mbs + [[]] * (int(n) - len(mbs))
+
+
+def dummy_logprobs(model: nn.Module, device) -> torch.Tensor:
+    """A forward on 2 pad-like tokens: what a rank without rows runs so that its collectives (DDP's
+    gradient all-reduce, FSDP's all-gathers and reduce-scatters) still match the other ranks'."""
+    z = torch.zeros(1, dtype=torch.long, device=device)
+    return model(z[None].repeat(1, 2), z[None].repeat(1, 2), z, z, z)                  # [1]
+
+
+def _full(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """The whole tensor: a DTensor shard is cast first (so the gather moves `dtype` bytes) and then
+    all-gathered (a collective); a plain tensor is returned as it is (cast if asked)."""
+    from torch.distributed.tensor import DTensor
+    t = t.detach() if dtype is None else t.detach().to(dtype)
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@torch.no_grad()
+def sync_sampler(sampler: nn.Module, model: nn.Module):
+    """Copy the trainer's weights into the sampler after an update, one parameter at a time: a
+    sharded parameter is gathered already in the sampler's dtype (bf16 on CUDA), so at most one
+    full parameter is in flight and no second full float32 model ever exists. Buffers are not
+    touched: RoPE's inv_freq stays in its own dtype (issue 9)."""
+    dst = dict(sampler.named_parameters())
+    for name, p in model.named_parameters():
+        dst[name].copy_(_full(p, dst[name].dtype))
+
+
+@torch.no_grad()
+def full_state_dict(model: nn.Module, rank: int):
+    """The full float32 state dict on the CPU of rank 0 (None elsewhere), gathered tensor by tensor,
+    for save_pretrained. None for an unsharded model: save_pretrained reads the model itself.
+    Every rank must call this (the gathers are collectives). A tied tensor (Qwen3's embedding and
+    LM head) is kept under its first name only, as save_pretrained writes it."""
+    if not any(_is_dtensor(p) for p in model.parameters()):
+        return None
+    out, seen = {}, set()
+    for name, t in model.state_dict(keep_vars=True).items():  # Parameters themselves: ties share one
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        full = _full(t)  # on every rank: the gather is a collective
+        if rank == 0:
+            out[name] = full.cpu()
+    return out if rank == 0 else None
+
+
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
+
+
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_; with sharded gradients it sums squares across shards (a collective),
+    so the norm, and the clip, are the global ones. Returns a plain scalar tensor."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return _full(norm)
+
+
+def local_state_bytes(model: nn.Module, optimizer) -> int:
+    """Bytes this rank holds for parameters, their gradients and the optimizer's state (local
+    shards only under fsdp). Activations, the sampler and FSDP's transient gathers are not counted."""
+    local = lambda t: t.to_local() if _is_dtensor(t) else t
+    total = 0
+    for p in model.parameters():
+        total += local(p).nbytes + (local(p.grad).nbytes if p.grad is not None else 0)
+        total += sum(local(s).nbytes for s in optimizer.state.get(p, {}).values()
+                     if isinstance(s, torch.Tensor) and s.dim() > 0)  # Adam: exp_avg, exp_avg_sq
+    return total

@@ -17,9 +17,9 @@ One training step (the paper's recipe, SPEC sections 2-6):
   8. clipped policy loss, token-mean over the global batch, one gradient sync per optimizer step
   9. gradient clipping, AdamW with linear warmup
 
-How this differs from the paper's released code (a verl fork): plain torch DDP replaces FSDP and
-sequence parallelism, so every GPU holds the whole model and its optimizer state (see README for
-memory advice); generation is our own loop (rollout.py) instead of vLLM; the trainer keeps float32
+How this differs from the paper's released code (a verl fork): plain torch DDP (default) or torch's
+FSDP2 (--shard fsdp: weights, gradients and AdamW states sharded across GPUs) replaces verl's FSDP,
+and there is no sequence parallelism (see README for memory per GPU); generation is our own loop (rollout.py) instead of vLLM; the trainer keeps float32
 master weights and runs bf16 autocast on CUDA.
 """
 
@@ -38,7 +38,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 import checkpoint
 import data
@@ -100,6 +99,7 @@ class Config:
     mini_batches: int = option(1, "optimizer steps per batch (paper: 1; >1 makes the clip matter)")
     micro_batch_tokens: int = option(4096, "padded tokens per forward/backward micro-batch")
     grad_checkpointing: bool = option(True, "recompute activations in backward (long contexts)")
+    shard: str = option("ddp", "ddp = every GPU holds the whole model and AdamW state; fsdp = FSDP2 shards them")
     logprob_chunk: int = option(1024, "tokens per chunk in grpo.token_logprobs")
     # run
     out_dir: str = option("runs/default", "metrics.jsonl, checkpoints/ and the plot go here")
@@ -140,6 +140,8 @@ def parse_config(argv=None) -> Config:
     cfg = dataclasses.replace(cfg, **given)
     if cfg.advantage not in ("grpo", "tmn", "tmn_reweight"):
         p.error(f"--advantage must be grpo, tmn or tmn_reweight, got {cfg.advantage!r}")
+    if cfg.shard not in ("ddp", "fsdp"):
+        p.error(f"--shard must be ddp or fsdp, got {cfg.shard!r}")
     return cfg
 
 
@@ -274,39 +276,43 @@ def advantages(rewards_: list, groups: list, tasks: list, cfg: Config) -> torch.
 # -----------------------------------------------------------------------------
 # Steps 7-9: training forward, loss, one synced backward, clip, AdamW
 
-def update(net, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, cfg: Config,
+def update(net, wrapped, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, cfg: Config,
            world: int, device, pad_id: int) -> dict:
     """One batch -> cfg.mini_batches optimizer steps. Returns averaged metrics of this rank.
 
     Token-mean over the *global* mini-batch: every micro-batch divides by the global token count N,
     and the loss is multiplied by the world size because DDP averages gradients (grpo.policy_loss).
-    Only the last micro-step of each mini-batch syncs gradients (DDP no_sync on the others).
+    Only the last micro-step of each mini-batch syncs gradients (policy.grad_sync). `wrapped` is
+    what policy.wrap returned (DDP, the FSDP2 root, or net itself); FSDP2 averages like DDP.
     """
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     R = len(rows.prompts)
-    model = ddp if ddp is not None else net
+    model = wrapped
     old_lp = None
     # With one optimizer step per batch the policy that made the batch is the one being updated:
     # old = logp.detach() inside the loss, no extra pass. With K > 1, record it once up front.
     if cfg.mini_batches > 1:
         with torch.no_grad(), autocast:
             old_lp = torch.zeros(rows.tokens.shape, device=device)
-            for mb in policy.micro_batches(rows, list(range(R)), cfg.micro_batch_tokens):
-                old_lp[mb] = policy.forward_logprobs(net, rows, mb, pad_id, device)
+            for mb in policy.even_micro_batches(
+                    policy.micro_batches(rows, list(range(R)), cfg.micro_batch_tokens), model, device):
+                if mb:
+                    old_lp[mb] = policy.forward_logprobs(model, rows, mb, pad_id, device)
+                else:  # fsdp: a rank with fewer micro-batches still joins every all-gather
+                    policy.dummy_logprobs(model, device)
     metrics, n_metrics, skipped = {}, 0, 0
     parts = [list(range(R))[k::cfg.mini_batches] for k in range(cfg.mini_batches)]
     for part in parts:
         n_tok = all_reduce(sum(int(rows.mask[i].sum()) for i in part), device)
         n_seq = all_reduce(sum(bool(rows.mask[i].any()) for i in part), device)
-        mbs = policy.micro_batches(rows, part, cfg.micro_batch_tokens) or [[]]  # [] = no rows: dummy pass
+        mbs = policy.even_micro_batches(policy.micro_batches(rows, part, cfg.micro_batch_tokens) or [[]],
+                                        model, device)  # [] = no rows: dummy pass
         bad = 0.0
         for j, mb in enumerate(mbs):
             sync = j == len(mbs) - 1
-            with (nullcontext() if sync or ddp is None else ddp.no_sync()), autocast:
-                if not mb:  # this rank kept no rows: a zero loss through the model still joins
-                    z = torch.zeros(1, dtype=torch.long, device=device)  # DDP's gradient all-reduce
-                    lp = model(z[None].repeat(1, 2), z[None].repeat(1, 2), z, z, z)
-                    (lp.sum() * 0.0).backward()
+            with policy.grad_sync(model, sync), autocast:
+                if not mb:  # no rows (left): a zero loss through the model still joins the collectives
+                    (policy.dummy_logprobs(model, device).sum() * 0.0).backward()
                     continue
                 lp = policy.forward_logprobs(model, rows, mb, pad_id, device)             # [b, T] with grad
                 mask = rows.mask[mb].to(device)
@@ -327,18 +333,20 @@ def update(net, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, c
                 metrics[k] = metrics.get(k, 0.0) + v
             n_metrics += 1
         # Step 9. A non-finite loss or gradient on any rank skips the step everywhere, weights untouched.
-        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        norm = policy.clip_grad_norm(net.parameters(), cfg.grad_clip)  # global norm, also when sharded
         bad = all_reduce(bad + float(not torch.isfinite(norm)), device)
         if bad:
             print(f"warning: non-finite loss or gradient (norm {float(norm)}): step skipped", flush=True)
             skipped += 1
         else:
             optimizer.step()
+        state_bytes = policy.local_state_bytes(net, optimizer)  # weights + grads + AdamW, this rank
         optimizer.zero_grad(set_to_none=True)
     if skipped < len(parts):
         scheduler.step()  # the schedule counts batches that updated the weights
     return {**{k: v / max(n_metrics, 1) for k, v in metrics.items()},
-            "grad_norm": float(norm), "skipped_steps": float(skipped)}  # norm of the last mini-batch
+            "grad_norm": float(norm), "skipped_steps": float(skipped),  # norm of the last mini-batch
+            "state_gib": state_bytes / 2**30}
 
 
 def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: int, device):
@@ -496,8 +504,11 @@ def main(argv=None):
     model.train()
     # The sampler: on CUDA a bf16 copy of the weights (as verl's vLLM keeps its own), synced after each
     # update; flash-attn kernels need bf16 and the trainer keeps float32 master weights. On CPU the
-    # sampler is the model itself. Their numeric mismatch is what the rollout IS weights correct.
-    sampler = policy.make_sampler(model) if device.type == "cuda" else model
+    # sampler is the model itself, except under fsdp (a sharded model cannot generate alone): a float32
+    # copy. Their numeric mismatch is what the rollout IS weights correct.
+    fsdp = cfg.shard == "fsdp" and world > 1
+    sampler = (policy.make_sampler(model, torch.bfloat16 if device.type == "cuda" else torch.float32)
+               if device.type == "cuda" or fsdp else model)
     ref = None
     if cfg.kl_coef > 0:
         ref_lm = policy.load_model(base, device, cfg.trust_remote_code, log).eval().requires_grad_(False)
@@ -512,15 +523,12 @@ def main(argv=None):
     batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
                                  cfg.seed, balanced=cfg.task_balanced)
 
-    # --- optimizer, schedule, DDP ---------------------------------------------------------------------
+    # --- DDP or FSDP2, then the optimizer (under fsdp it must see the sharded parameters), schedule --
+    net = policy.Policy(model, cfg.temperature, cfg.logprob_chunk)
+    wrapped = policy.wrap(net, cfg.shard, device, world, log)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(cfg.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
-    net = policy.Policy(model, cfg.temperature, cfg.logprob_chunk)
-    ddp = None
-    if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -538,7 +546,13 @@ def main(argv=None):
         run_eval(start)
         return model
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is None:  # an fsdp checkpoint: AdamW shards in optimizer/ (any --shard)
+            checkpoint.load_sharded_optimizer(ckpt / "optimizer", net, optimizer)
+        elif fsdp:  # a ddp checkpoint's optimizer is keyed by index over whole tensors
+            log("resuming a ddp checkpoint under --shard fsdp: the weights, schedule, data order and "
+                "random state continue; AdamW's moments restart from zero")
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         batches.load_state_dict(state["data"])
         if len(state["rng"]) == world:
@@ -567,12 +581,10 @@ def main(argv=None):
         # --- steps 7-9: the update ---------------------------------------------------------------
         t_up = time.perf_counter()
         if kept_light:
-            m.update(update(net, ddp, optimizer, scheduler, mine, adv[my_pos], ref, cfg, world,
+            m.update(update(net, wrapped, optimizer, scheduler, mine, adv[my_pos], ref, cfg, world,
                             device, tok.pad_token_id))
             if sampler is not model:
-                with torch.no_grad():  # weight sync trainer -> sampler
-                    for ps, pm in zip(sampler.parameters(), model.parameters()):
-                        ps.copy_(pm)
+                policy.sync_sampler(sampler, model)  # weight sync trainer -> sampler (gathers under fsdp)
         else:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
                 "(no learning signal); no update this step")
@@ -597,9 +609,11 @@ def main(argv=None):
                       f" | rollout {m.get('rollout_s', 0):.1f}s update {m['update_s']:.1f}s")
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
             rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
+            weights = policy.full_state_dict(model, rank)  # fsdp: gathered to rank 0; ddp: None
+            optim_dir = checkpoint.save_sharded_optimizer(out_dir, step, net, optimizer, rank) if fsdp else None
             if rank == 0:
                 checkpoint.save_checkpoint(out_dir, step, model, tok, optimizer, scheduler, batches,
-                                           cfg.keep_last, rngs)
+                                           cfg.keep_last, rngs, weights, optim_dir)
             if dist.is_initialized():
                 dist.barrier()
     if rank == 0:
