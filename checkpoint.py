@@ -137,8 +137,11 @@ def plot_rewards(out_dir: Path):
     plt = require_matplotlib()
     from matplotlib.ticker import MaxNLocator
     lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl") if l.strip()]
+    curves = reward_curves(lines)
+    if not curves:
+        sys.exit(f"{out_dir / 'metrics.jsonl'}: no training step recorded yet, nothing to plot")
     fig, ax = plt.subplots(figsize=(8, 5))
-    for task, pts in reward_curves(lines).items():
+    for task, pts in curves.items():
         ax.plot(*zip(*pts), label=task, marker="o", ms=3 if task != "all" else 5,
                 lw=2.5 if task == "all" else 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers

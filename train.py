@@ -523,7 +523,7 @@ def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> st
     ckpt = checkpoint.latest_checkpoint(out_dir)
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
     return "\n".join(
-        [f"done: steps {steps(lines)} in {seconds / 60:.0f} min {seconds % 60:.0f} s",
+        [f"done: steps {steps(lines)} in {round(seconds) // 60} min {round(seconds) % 60} s",
          f"  mean reward per task, steps {steps(first)} -> steps {steps(last)}:"] +
         [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {fmt(mean(first, t))} -> {fmt(mean(last, t))}" for t in tasks] +
         [f"  metrics:    {out_dir / 'metrics.jsonl'}",
