@@ -128,6 +128,18 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              kv_budget_tokens=262_144)  # KV positions per generation wave: ~30-40 GB bf16 for Qwen3-1.7B/4B
 
 
+def run_settings(given: dict) -> dict:
+    """--eval-only on a run folder starts from the run's own config (out_dir/config.json): the same
+    model, held-out split and generation limits. Fields that say what this command does are not taken;
+    flags given on the command line win (applied after)."""
+    path = Path(given.get("out_dir", Config.out_dir)) / "config.json"
+    if not given.get("eval_only") or not path.exists():
+        return {}
+    skip = {"out_dir", "eval_only", "checkpoint", "resume", "overwrite", "plot", "recipe"}
+    return {k: v for k, v in json.loads(path.read_text()).items()
+            if k in {f.name for f in dataclasses.fields(Config)} - skip}
+
+
 def parse_config(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
@@ -142,7 +154,7 @@ def parse_config(argv=None) -> Config:
         cfg = dataclasses.replace(cfg, **PAPER)
     elif given.get("recipe", "") not in ("", "paper"):
         p.error(f"--recipe must be 'paper' or empty, got {given['recipe']!r}")
-    cfg = dataclasses.replace(cfg, **given)
+    cfg = dataclasses.replace(cfg, **{**run_settings(given), **given})
     if cfg.advantage not in ("grpo", "tmn", "tmn_reweight"):
         p.error(f"--advantage must be grpo, tmn or tmn_reweight, got {cfg.advantage!r}")
     if cfg.resume and cfg.overwrite:
