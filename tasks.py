@@ -563,15 +563,18 @@ def filter_by_difficulty(samples: Sequence[Sample], pass_rates: Sequence[float],
 def measure_pass_rates(samples: Sequence[Sample], model_path: str, *, n: int = 8, max_new_tokens: int = 256,
                        threshold: float = 0.5, seed: int = 0, prompts_per_call: int = 4) -> list[float]:
     """Sample each prompt n times with the model at `model_path` (temperature 1, the training sampler)
-    and return each prompt's pass rate under rewards.score. Prompts are encoded with the model's own
+    and return each prompt's pass rate under rewards.score. A response ends at the same ids as in
+    training (policy.eos_token_ids: the tokenizer's EOS, the generation config's, ChatML's), so the
+    filter scores the responses training would see. Prompts are encoded with the model's own
     tokenizer; a prompt too long for it raises (build with that tokenizer's budget)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    import rollout  # imported here so `import tasks` stays cheap
+    import policy  # imported here so `import tasks` stays cheap (no torch)
+    import rollout
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    eos = policy.eos_token_ids(tok, model)  # where training ends a response (issue 13 item 4)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
     rates = []
     for a in range(0, len(samples), prompts_per_call):

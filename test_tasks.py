@@ -237,6 +237,21 @@ def test_measure_pass_rates_with_a_tiny_model(tiny_model_dir, built_default):
     assert tasks.measure_pass_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4, threshold=0.0) == [1.0, 1.0]
 
 
+
+def test_filter_stops_on_the_training_eos_ids(tiny_model_dir, built_default, monkeypatch):
+    """The filter's responses end where training's do: policy.eos_token_ids, which for the Qwen
+    tokenizer holds <|endoftext|> as well as the tokenizer's own EOS <|im_end|> (issue 13 item 4)."""
+    rollout = pytest.importorskip("rollout")
+    import policy
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    want = policy.eos_token_ids(tok, AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    assert len(want) > 1 and tok.eos_token_id in want  # more than [tok.eos_token_id]: the test can fail
+    seen, generate = [], rollout.generate
+    monkeypatch.setattr(rollout, "generate", lambda *a, **k: seen.append(k["eos_token_ids"]) or generate(*a, **k))
+    tasks.measure_pass_rates(built_default[:1], str(tiny_model_dir), n=2, max_new_tokens=2)
+    assert seen == [want]
+
 def test_cli_build_with_difficulty_filter(tmp_path, tiny_model_dir, capsys):
     pytest.importorskip("rollout")
     out = tmp_path / "f.jsonl"
