@@ -47,6 +47,7 @@ import grpo
 import policy
 import rewards
 import rollout
+import tasks
 import tmn
 
 
@@ -587,8 +588,8 @@ def load_data(cfg: Config, tok) -> tuple[list, list]:
         train_set = data.load_jsonl(cfg.data)
         eval_set = []
     else:
-        built = data.build_tasks(data.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
-                                 cfg.context_tokens, cfg.seed)
+        built = tasks.build_tasks(tasks.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
+                                  cfg.context_tokens, cfg.seed)
         held: dict = {}
         train_set, eval_set = [], []
         for s in built:
