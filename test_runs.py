@@ -22,6 +22,7 @@ import checkpoint
 import data
 import rewards
 import rollout
+import tasks
 import train
 from test_train import ROOT, args, length_reward, metrics, params, tiny  # noqa: F401 (tiny: fixture)
 
@@ -129,11 +130,11 @@ def test_eval_only_scores_the_newest_checkpoint_or_the_one_named(tiny, tmp_path,
     assert all(torch.equal(trained[k], scored[k]) for k in trained)  # the step-2 weights, not the base
     last = evals(run)[-1]
     assert last["step"] == 2 and last["checkpoint"] == str(run / "checkpoints" / "step_000002")
-    tasks = {s.task for s in evalset}
-    assert {k.split("/")[1] for k in last if k.startswith("eval_n/")} == tasks
-    assert sum(last[f"eval_n/{t}"] for t in tasks) == len(evalset)
+    names = {s.task for s in evalset}
+    assert {k.split("/")[1] for k in last if k.startswith("eval_n/")} == names
+    assert sum(last[f"eval_n/{t}"] for t in names) == len(evalset)
     out = capsys.readouterr().out
-    assert "prompts  score" in out and all(t in out for t in tasks)  # the per-task table
+    assert "prompts  score" in out and all(t in out for t in names)  # the per-task table
     train.main(args(tiny, run, *ev, "--checkpoint", str(run / "checkpoints" / "step_000001")))
     assert evals(run)[-1]["step"] == 1
     # the run's own settings (model, data, limits) from its config.json; flags given here win
@@ -153,9 +154,9 @@ def test_eval_only_scores_the_newest_checkpoint_or_the_one_named(tiny, tmp_path,
 def test_eval_only_builds_only_the_held_out_tasks(qwen_tokenizer, monkeypatch):
     """--eval-only builds eval_per_task samples per task, and they are the training run's held-out ones."""
     calls = []
-    real = data.build_tasks
-    monkeypatch.setattr(data, "build_tasks", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
-    monkeypatch.setattr(data, "load_documents", lambda real_docs=data.load_documents(): real_docs[:40])
+    real = tasks.build_tasks
+    monkeypatch.setattr(tasks, "build_tasks", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
     flags = ["--context-tokens", "400", "--n-per-task", "1", "--eval-per-task", "1"]
     _, held = train.load_data(train.parse_config(flags), qwen_tokenizer)
     train_set, only = train.load_data(train.parse_config(flags + ["--eval-only"]), qwen_tokenizer)
