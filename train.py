@@ -834,7 +834,7 @@ def main(argv=None):
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
     train_set, eval_set = load_data(cfg, tok)
     log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
-        f"tasks: {sorted({s.task for s in train_set})}")
+        f"tasks: {sorted({s.task for s in train_set or eval_set})}")
     eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
                                                 truncate=cfg.truncate_prompts)
 
