@@ -139,7 +139,8 @@ def test_eval_only_scores_the_newest_checkpoint_or_the_one_named(tiny, tmp_path,
     assert evals(run)[-1]["step"] == 1
     # the run's own settings (model, data, limits) from its config.json; flags given here win
     cfg = train.parse_config(["--eval-only", "--out-dir", str(run), "--max-new-tokens", "5"])
-    assert (cfg.model, cfg.data, cfg.group_size, cfg.max_new_tokens) == (str(tiny / "model"), str(tiny / "tasks.jsonl"), 4, 5)
+    assert (cfg.model, cfg.data, cfg.group_size, cfg.max_new_tokens) == (str(tiny / "model"),
+                                                                         str(tiny / "tasks.jsonl"), 4, 5)
     assert cfg.out_dir == str(run) and cfg.eval_only and not train.parse_config(["--out-dir", str(run)]).model
     # a folder without checkpoints: the base model, said out loud, recorded as step 0
     train.main(args(tiny, tmp_path / "empty", *ev))
