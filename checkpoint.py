@@ -22,11 +22,11 @@ import torch
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: HF folder (safetensors) + trainer state, written atomically, last K kept
+# Checkpoints: HF folder (safetensors) + trainer state, written atomically, verified, last K kept
 
-# The completeness marker: written last into the temporary folder, after every other file and the
-# folder itself are on disk (fsync), and just before the rename. It lists each file's size, so a file
-# truncated or emptied later (a full disk, a copy cut short) is caught before a resume reads it.
+# The completeness marker: written last into the temporary folder, once every other file is on disk
+# (fsync); then the folder is synced and renamed. It lists each file's size, so a file truncated or
+# emptied later (a full disk, a copy cut short) is caught before a resume reads it.
 MARKER = "complete.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")  # any one will do
 
@@ -55,7 +55,7 @@ def fsync_dir(path: Path):
 
 
 def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, batches, keep: int,
-                    rngs: list, log=print):
+                    rngs: list):
     """out_dir/checkpoints/step_000012/{model.safetensors, config.json, tokenizer..., trainer_state.pt,
     complete.json}. Written to a temporary folder, flushed to disk (fsync), marked complete and renamed,
     so a crash mid-save leaves the previous one intact (issue 15 item 2).
@@ -69,7 +69,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, 
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "data": batches.state_dict(), "rng": rngs}, tmp / "trainer_state.pt")
     sizes = {}
-    for p in sorted(tmp.iterdir()):
+    for p in sorted(x for x in tmp.iterdir() if x.is_file()):
         with open(p, "rb") as f:
             os.fsync(f.fileno())
         sizes[p.name] = p.stat().st_size
