@@ -98,7 +98,8 @@ class Config:
     weight_decay: float = option(0.1, "AdamW weight decay")
     grad_clip: float = option(1.0, "max global gradient norm")
     mini_batches: int = option(1, "optimizer steps per batch (paper: 1; >1 makes the clip matter)")
-    micro_batch_tokens: int = option(4096, "padded tokens per forward/backward micro-batch")
+    micro_batch_tokens: int = option(4096, "tokens per forward/backward micro-batch (padded rows; packed groups with --shared-prefix)")
+    shared_prefix: bool = option(True, "training forward packs a group as [prompt, r_1..r_G]: its prompt once, not G times")
     grad_checkpointing: bool = option(True, "recompute activations in backward (long contexts)")
     logprob_chunk: int = option(1024, "tokens per chunk in grpo.token_logprobs")
     # run
@@ -285,20 +286,23 @@ def update(net, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, c
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     R = len(rows.prompts)
     model = ddp if ddp is not None else net
+    # issue 10: the shared-prefix forward runs a group's prompt once; the per-row one G times
+    fwd, split = ((policy.forward_logprobs_shared, policy.shared_micro_batches) if cfg.shared_prefix
+                  else (policy.forward_logprobs, policy.micro_batches))
     old_lp = None
     # With one optimizer step per batch the policy that made the batch is the one being updated:
     # old = logp.detach() inside the loss, no extra pass. With K > 1, record it once up front.
     if cfg.mini_batches > 1:
         with torch.no_grad(), autocast:
             old_lp = torch.zeros(rows.tokens.shape, device=device)
-            for mb in policy.micro_batches(rows, list(range(R)), cfg.micro_batch_tokens):
-                old_lp[mb] = policy.forward_logprobs(net, rows, mb, pad_id, device)
+            for mb in split(rows, list(range(R)), cfg.micro_batch_tokens):
+                old_lp[mb] = fwd(net, rows, mb, pad_id, device)
     metrics, n_metrics, skipped = {}, 0, 0
     parts = [list(range(R))[k::cfg.mini_batches] for k in range(cfg.mini_batches)]
     for part in parts:
         n_tok = all_reduce(sum(int(rows.mask[i].sum()) for i in part), device)
         n_seq = all_reduce(sum(bool(rows.mask[i].any()) for i in part), device)
-        mbs = policy.micro_batches(rows, part, cfg.micro_batch_tokens) or [[]]  # [] = no rows: dummy pass
+        mbs = split(rows, part, cfg.micro_batch_tokens) or [[]]  # [] = no rows: dummy pass
         bad = 0.0
         for j, mb in enumerate(mbs):
             sync = j == len(mbs) - 1
@@ -308,7 +312,7 @@ def update(net, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, c
                     lp = model(z[None].repeat(1, 2), z[None].repeat(1, 2), z, z, z)
                     (lp.sum() * 0.0).backward()
                     continue
-                lp = policy.forward_logprobs(model, rows, mb, pad_id, device)             # [b, T] with grad
+                lp = fwd(model, rows, mb, pad_id, device)                                 # [b, T] with grad
                 mask = rows.mask[mb].to(device)
                 old = old_lp[mb] if old_lp is not None else lp.detach()
                 is_w = None
@@ -319,7 +323,7 @@ def update(net, ddp, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, c
                                            num_tokens=n_tok, num_seqs=n_seq)
                 if ref is not None:  # optional k3 KL to the frozen initial policy, token-mean
                     with torch.no_grad():
-                        ref_lp = policy.forward_logprobs(ref, rows, mb, pad_id, device)
+                        ref_lp = fwd(ref, rows, mb, pad_id, device)
                     loss = loss + cfg.kl_coef * (grpo.kl_k3(lp, ref_lp) * mask).sum() / max(n_tok, 1)
                 bad += float(not torch.isfinite(loss))
                 (loss * world).backward()
@@ -567,8 +571,10 @@ def main(argv=None):
         # --- steps 7-9: the update ---------------------------------------------------------------
         t_up = time.perf_counter()
         if kept_light:
-            m.update(update(net, ddp, optimizer, scheduler, mine, adv[my_pos], ref, cfg, world,
-                            device, tok.pad_token_id))
+            # the shared-prefix attention stays selected through backward: checkpointing recomputes
+            with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
+                m.update(update(net, ddp, optimizer, scheduler, mine, adv[my_pos], ref, cfg, world,
+                                device, tok.pad_token_id))
             if sampler is not model:
                 with torch.no_grad():  # weight sync trainer -> sampler
                     for ps, pm in zip(sampler.parameters(), model.parameters()):
