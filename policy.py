@@ -1,11 +1,16 @@
 """The policy model: loading it (the embedded default, a hub id or a local folder), its bf16 sampler
 copy, the ids that end a turn, and the training forward that turns token ids into the log-probs of
-the response tokens.
+the response tokens: per row (the reference) or with each prompt shared by its group (issue 10).
 
     import policy
     lm = policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu"))
     net = policy.Policy(lm, temperature=1.0, chunk=1024)        # what DDP wraps
     lp = policy.forward_logprobs(net, rows, [0, 1], pad_id, device)  # [2, T] response log-probs
+    with policy.shared_prefix_setting(lm):                      # open until backward has run
+        lp = policy.forward_logprobs_shared(net, rows, [0, 1], pad_id, device)  # the same, prompt once
+
+    python -m pytest -q test_policy.py       # shared == per-row: log-probs, gradients, split groups
+    python bench.py --only prefix            # forward+backward time and memory, per-row vs shared
 
 train.py and tasks.py both import this file, so the two agree on the model and on where a
 response ends (issue 13: no import cycle, one set of EOS ids).
@@ -229,7 +234,7 @@ class PackedGroups:
             pos.append(torch.arange(P))
             prompt_idx.append(torch.arange(s, s + P))
             o = s + P  # where r_j starts
-            for r in rs:
+            for r in filter(None, rs):  # a response without tokens takes no place (no empty segment)
                 pos.append(torch.arange(P, P + r))           # each response continues the prompt
                 resp_idx.append(torch.arange(o, o + r))
                 key_idx += [torch.arange(s, s + P), torch.arange(o, o + r)]  # [prompt, own] keys
