@@ -197,7 +197,7 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
 # `shared_prefix` keyword that Policy.forward passes down the decoder layers.
 #
 # Kernels, per layer (q [1, H, S, D], k, v [1, Hkv, S, D] from HF's projections and RoPE):
-# - "torch" (CPU, tests): per group, sdpa causal over the prompt, then one sdpa for all its responses
+# - "torch" (CPU, or CUDA without flash-attn): per group, sdpa causal over the prompt, then one sdpa for all its responses
 #   with keys = [prompt, responses] and a [sum r_j, P + sum r_j] bool mask. Exact; the mask grows
 #   with the group, fine at the sizes a CPU trains at.
 # - "flash" (CUDA with flash-attn): two flash_attn_varlen_func calls, both differentiable: the
@@ -205,10 +205,10 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
 #   with bottom-right alignment (query t of r_j sees the P prompt keys and own keys 0..t). The concat
 #   is a gather (index_select) per layer, a transient of G*P keys whose backward is an index_add: it
 #   sums every response's gradient into the prompt K/V. Chosen over flex_attention because it is the
-#   kernel the per-row path already runs (load_model's flash_attention_2), needs no compile step, and
-#   the fake-flash_attn tests of rollout.py check it on CPU; the cost is the G*P gathered keys per
-#   layer (prompt K/V once per response, like the per-row path holds, but not its G*P queries,
-#   MLP activations or hidden states).
+#   kernel the per-row path already runs (load_model's flash_attention_2) and needs no compile step;
+#   the cost is the G*P gathered keys per layer (prompt K/V once per response, as the per-row path
+#   holds, but not its G*P queries, MLP activations or hidden states). test_policy.py checks it on
+#   CPU against test_rollout's fake flash_attn; no GPU was lent here, so it is unmeasured on one.
 #
 # Gradient checkpointing recomputes each layer in the backward and looks the attention function up
 # by name again then: the setting must stay active until backward has run (train.py wraps update()).
