@@ -596,23 +596,38 @@ def measure_solve_rates(samples: Sequence[Sample], model_path: str, *, n: int = 
 # -----------------------------------------------------------------------------
 # Command line: python tasks.py build ...
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help texts end with "(default: X)", except where there is none (None: the help says what then)."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """`python tasks.py build ...`; --help shows every default (issue 12 item 6)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build tasks of all nine types from documents and write JSONL")
+    b = sub.add_parser("build", help="build tasks of all nine types from documents and write JSONL",
+                       description="Build tasks of all nine types from documents and write them as JSONL "
+                                   "in the released record format (data.load_jsonl reads it).",
+                       formatter_class=_ShowDefaults)
     b.add_argument("--out", required=True, help="output JSONL (released record format)")
     b.add_argument("--context-tokens", type=int, default=1024, help="max templated prompt tokens")
     b.add_argument("--n-per-task", type=int, default=10, help="samples per task type")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="sample i of a task depends only on (seed, task, i)")
     b.add_argument("--docs", nargs="+", help=".txt/.md/.gz files or folders (default: Python's reference topics)")
     b.add_argument("--tokenizer", help="tokenizer folder or id (default: the embedded SmolLM2)")
-    b.add_argument("--filter-with", help="model folder or id: keep prompts by its solve rate (phase 4)")
+    b.add_argument("--filter-with", help="model folder or id: keep prompts by its solve rate (phase 4; "
+                                         "default: no filter)")
     b.add_argument("--filter-n", type=int, default=8, help="samples per prompt for the solve rate")
-    b.add_argument("--filter-max-new-tokens", type=int, default=256)
-    b.add_argument("--filter-threshold", type=float, default=0.5, help="reward that counts as solved (reward >= this)")
+    b.add_argument("--filter-max-new-tokens", type=int, default=256, help="tokens per filter sample")
+    b.add_argument("--filter-threshold", type=float, default=0.5, help="reward that counts as solved (>= this)")
     b.add_argument("--filter-low", type=float, default=0.0, help="keep solve rates > low")
     b.add_argument("--filter-high", type=float, default=1.0, help="keep solve rates < high")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = make_parser().parse_args(argv)
 
     from transformers import AutoTokenizer
     t0 = time.time()

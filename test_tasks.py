@@ -204,6 +204,20 @@ def test_cli_build_writes_loadable_file(tmp_path, qwen_tokenizer, second_corpus,
     assert "wrote 18 samples" in capsys.readouterr().out
 
 
+
+def test_cli_build_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        tasks.main(["build", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split(" options: ", 1)[1]  # unwrapped, after usage
+    build = tasks.make_parser()._subparsers._group_actions[0].choices["build"]
+    options = [a for a in build._actions if a.option_strings != ["-h", "--help"]]
+    assert len(options) == 12
+    for a in options:
+        if a.required:
+            continue
+        shown = f"(default: {a.default})" if a.default is not None else "default: "  # None: says what then
+        assert shown in text.split(a.option_strings[0] + " ", 1)[1].split(" --", 1)[0], a.option_strings
+
 # -----------------------------------------------------------------------------
 # Difficulty filtering
 
