@@ -297,8 +297,8 @@ def render_prompt(docs: list[tuple[str, str]], question: str) -> str:
 class Context:
     """What every task maker gets: the packed passages and their text as the prompt shows it."""
     docs: list                          # [(title, text)] in prompt order
-    text: str                           # render_documents(docs)
-    code: Optional[CodeSummary] = None  # summarization only: the code packed into docs
+    text: str                           # render_documents(docs): what the makers search and count in
+    code: Optional[CodeSummary] = None  # summarization only: the code packed into docs (its docstring removed)
 
 
 def _sentences(text: str) -> list[list[str]]:
