@@ -26,7 +26,13 @@ import tasks
 import train
 from test_train import ROOT, args, length_reward, metrics, params, tiny  # noqa: F401 (tiny: fixture)
 
-NO_MODEL = ["--model", "/nonexistent/model"]  # loading it would fail: proves a check came first
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading a model fails the test: proves that a check came first."""
+    def fail(*a, **k):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr(train, "load_policy", fail)
 
 
 def fake_run(out: Path, lines: list) -> Path:
@@ -59,9 +65,12 @@ def test_second_run_is_refused_before_loading_then_overwrite_replaces(tiny, tmp_
     monkeypatch.setattr(rewards, "score_batch", length_reward)
     train.main(args(tiny, tmp_path, "--steps", "2"))
     before = (tmp_path / "metrics.jsonl").read_text()
+    real_load = train.load_policy
+    monkeypatch.setattr(train, "load_policy", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(SystemExit) as e:
-        train.main(args(tiny, tmp_path, "--steps", "1") + NO_MODEL)
+        train.main(args(tiny, tmp_path, "--steps", "1"))
     assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    monkeypatch.setattr(train, "load_policy", real_load)
     assert (tmp_path / "metrics.jsonl").read_text() == before  # untouched
     with pytest.raises(SystemExit):
         train.parse_config(["--resume", "--overwrite"])
@@ -89,15 +98,15 @@ def test_plot_has_markers_for_single_points_and_integer_ticks(tmp_path):
     assert ticks and all(float(t).is_integer() for t in ticks)
 
 
-def test_plot_alone_on_a_run_only_draws(tmp_path):
+def test_plot_alone_on_a_run_only_draws(tmp_path, no_model_load):
     pytest.importorskip("matplotlib")
     run = fake_run(tmp_path, [{"step": 1, "reward/all/mean": 0.5}])
     before = (run / "metrics.jsonl").read_text()
-    assert train.main(["--plot", "--out-dir", str(run)] + NO_MODEL) is None  # no model was loaded
+    assert train.main(["--plot", "--out-dir", str(run)]) is None
     assert (run / "rewards.png").exists() and (run / "metrics.jsonl").read_text() == before
 
 
-def test_plot_without_matplotlib_fails_at_once(tmp_path, monkeypatch):
+def test_plot_without_matplotlib_fails_at_once(tmp_path, monkeypatch, no_model_load):
     run = fake_run(tmp_path / "run", [{"step": 1, "reward/all/mean": 0.5}])
     # plot-only, as a user runs it: a non-zero exit code and the package named
     code = ("import sys, runpy; sys.modules['matplotlib'] = None; "  # None in sys.modules: ImportError
@@ -109,7 +118,7 @@ def test_plot_without_matplotlib_fails_at_once(tmp_path, monkeypatch):
     # training with --plot: refused before the model loads, not after the training
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match="pip install matplotlib"):
-        train.main(["--plot", "--out-dir", str(tmp_path / "new")] + NO_MODEL)
+        train.main(["--plot", "--out-dir", str(tmp_path / "new")])
 
 
 # -----------------------------------------------------------------------------
