@@ -766,24 +766,25 @@ def eval_table(m: dict) -> str:
 
 
 def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
-    """End of a run: steps, wall time, mean reward per task over the first vs the last few steps
-    (k = up to 5, at most half the steps), and where the metrics, the checkpoint and the plot are."""
+    """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
+    (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
+    leaves most tasks out of most steps), and where the metrics, the checkpoint and the plot are."""
     if not lines:
         return "no training step ran"
-    k = max(1, min(5, len(lines) // 2))
-    first, last = lines[:k], lines[-k:]
-    mean = lambda ls, t: [l[f"reward/{t}/mean"] for l in ls if l.get(f"reward/{t}/mean") is not None]
-    fmt = lambda xs: f"{sum(xs) / len(xs):.3f}" if xs else "  -  "
-    names = task_order({k_.split("/")[1] for l in lines for k_ in l
-                        if k_.startswith("reward/") and k_.endswith("/mean")} - {"all"}) + ["all"]
-    steps = lambda ls: f"{ls[0]['step']}-{ls[-1]['step']}" if len(ls) > 1 else f"{ls[0]['step']}"
-    w = max(map(len, names))
+    span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
+    avg = lambda pts: f"{sum(v for _, v in pts) / len(pts):.3f} (step{'s' * (len(pts) > 1)} {span(pts)})"
+    curves = checkpoint.reward_curves(lines)                  # {task: [(step, mean reward), ...]}
+    rows = []
+    for t in task_order(set(curves) - {"all"}) + ["all"]:
+        pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
+        rows.append((t, f"{avg(pts[:k])} -> {avg(pts[-k:])}" if pts else "-"))
+    w = max(len(t) for t, _ in rows)
     ckpt = checkpoint.latest_checkpoint(out_dir)
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
     return "\n".join(
-        [f"done: steps {steps(lines)} in {round(seconds) // 60} min {round(seconds) % 60} s",
-         f"  mean reward per task, steps {steps(first)} -> steps {steps(last)}:"] +
-        [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {fmt(mean(first, t))} -> {fmt(mean(last, t))}" for t in names] +
+        [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
+         "  mean reward per task, its first -> its last (up to 5) steps:"] +
+        [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
         [f"  metrics:    {out_dir / 'metrics.jsonl'}",
          f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
          f"  plot:       {out_dir / 'rewards.png'}" if plotted else
