@@ -46,7 +46,8 @@ Where this departs from the released scorers (and why):
   * ROUGE-L tokens are Unicode alphanumeric runs with each CJK character one token. On ASCII text this is
     exactly rouge-score's tokenizer (no stemming); rouge-score drops non-ASCII letters such as "é".
 
-Imports only the Python standard library: copy the file, or one function, into any trainer.
+Imports only the Python standard library: copy the file, or one function, into any trainer. Needs
+Python 3.10 or newer (int.bit_count in lcs_length).
 """
 
 import functools
@@ -1021,7 +1022,14 @@ def score(task: str, response: str, answer, *, require_think: bool = False) -> f
 def score_batch(tasks: Sequence[str], responses: Sequence[str], answers: Sequence, *,
                 require_think: bool = False, processes: int = 0) -> list[float]:
     """score() over a batch; with processes > 0 and at least POOL_MIN_BATCH items, in a process pool
-    (spawned, not forked: safe in a trainer that already holds CUDA state and threads)."""
+    (spawned, not forked: safe in a trainer that already holds CUDA state and threads).
+
+    Spawned workers re-import the calling script, so a script that calls this with processes > 0 needs
+    the usual guard, or each worker starts the script again:
+
+        if __name__ == "__main__":
+            main()
+    """
     tasks, responses, answers = list(tasks), list(responses), list(answers)
     if not len(tasks) == len(responses) == len(answers):
         raise ValueError(f"score_batch: {len(tasks)} tasks, {len(responses)} responses, {len(answers)} answers")
