@@ -22,7 +22,8 @@ thinking off (text up to the last "</think>"), optionally applies the format gat
 
 Model output is untrusted text, thousands of responses per step, each up to 16K tokens. So:
   * nothing here raises on any `response` (garbage scores 0.0); a malformed *gold* is the caller's bug
-    and raises ValueError naming the metric and the problem;
+    and raises ValueError naming the metric and the problem. `parse_gold(task, gold)` runs the very
+    check the metric runs, so a loader can refuse a bad gold before training (data.py does);
   * final answers are read by a small hand-written parser of LaTeX and plain arithmetic (`parse_math`:
     \\frac, \\sqrt, ^, \\pi, 2\\frac12, 1{,}234, \\text{} units, tuples, intervals, sets) into exact
     Fractions where possible: no eval, exec or sympy touches model text;
@@ -157,11 +158,15 @@ def _gold_items(answer, metric: str, *, distinct: bool) -> list[str]:
 # -----------------------------------------------------------------------------
 # Single answers: exact match and multiple choice
 
+def _gold_text(answer) -> str:
+    if not isinstance(answer, str) or not answer.strip():
+        raise ValueError(f"exact_match: gold answer must be a non-empty string, got {answer!r:.80}")
+    return answer.strip()
+
+
 def exact_match(response: str, answer: str) -> float:
     """1.0 if the stripped answer text equals the stripped gold string (precise retrieval)."""
-    if not isinstance(answer, str) or not answer.strip():
-        raise ValueError(f"exact_match: gold answer must be a non-empty string, got {answer!r}")
-    return float(_as_text(response).strip() == answer.strip())
+    return float(_as_text(response).strip() == _gold_text(answer))
 
 
 def _leading_letter(s: str) -> Optional[str]:
@@ -172,14 +177,19 @@ def _leading_letter(s: str) -> Optional[str]:
     return None
 
 
+def _gold_choice(answer) -> str:
+    if isinstance(answer, (list, tuple)):
+        answer = _gold_items(answer, "choice_accuracy", distinct=False)[0]
+    if not isinstance(answer, str) or not _norm(answer):
+        raise ValueError(f"choice_accuracy: gold answer must be a letter or text, got {answer!r:.80}")
+    return answer
+
+
 def choice_accuracy(response: str, answer) -> float:
     """Multiple choice (comprehension): the letter from "The correct answer is (X)", else the first
     answer line, must equal the gold letter. A gold that is not a single letter (LongBench-Pro T3/T11:
     a list whose first item is the answer text) is compared with the first answer line instead."""
-    if isinstance(answer, (list, tuple)):
-        answer = _gold_items(answer, "choice_accuracy", distinct=False)[0]
-    if not isinstance(answer, str) or not _norm(answer):
-        raise ValueError(f"choice_accuracy: gold answer must be a letter or text, got {answer!r}")
+    answer = _gold_choice(answer)
     text = _tail(response)
     lines = _answer_lines(text)
     gold = answer.strip().strip("()").strip()
@@ -969,14 +979,19 @@ def lcs_length(a: Sequence, b: Sequence) -> int:
     return len(a) - v.bit_count()
 
 
-def rouge_l(response: str, answer) -> float:
-    """ROUGE-L F1 = 2PR/(P+R) with P = LCS/len(pred), R = LCS/len(ref), max over the references."""
+def _gold_references(answer) -> list[list[str]]:
     refs = [answer] if isinstance(answer, str) else answer
     if not isinstance(refs, (list, tuple)) or not refs or not all(isinstance(r, str) for r in refs):
         raise ValueError(f"rouge_l: gold must be a reference string or a non-empty list of them, got {answer!r:.80}")
     ref_tokens = [tokens(r) for r in refs]
     if not all(ref_tokens):
         raise ValueError(f"rouge_l: a reference has no tokens: {answer!r:.80}")
+    return ref_tokens
+
+
+def rouge_l(response: str, answer) -> float:
+    """ROUGE-L F1 = 2PR/(P+R) with P = LCS/len(pred), R = LCS/len(ref), max over the references."""
+    ref_tokens = _gold_references(answer)
     pred = tokens(_tail(response))
     best = 0.0
     for ref in ref_tokens:
@@ -1003,6 +1018,21 @@ TASKS: dict[str, Callable] = {
 }
 POOL_MIN_BATCH = 64  # below this a process pool costs more to start than it saves
 
+# Task name -> the function its metric reads the gold with (issue 12 item 8). Each metric above calls
+# the same function first, so a gold that parse_gold accepts is one the metric can score, and a gold
+# it refuses would have made the metric raise: load-time checks and scoring cannot disagree.
+GOLD_READERS: dict[str, Callable] = {
+    "precise_retrieval": _gold_text,
+    "comprehension": _gold_choice,
+    "exhaustive_retrieval": functools.partial(_gold_items, metric="set_f1", distinct=False),
+    "numerical_reasoning": _gold_math,
+    "structured_extraction": _gold_rows,
+    "structured_matching": functools.partial(_gold_items, metric="sub_em", distinct=False),
+    "graded_ranking": functools.partial(_gold_items, metric="ndcg", distinct=True),
+    "sequence_ordering": functools.partial(_gold_items, metric="pairwise_accuracy", distinct=True),
+    "summarization": _gold_references,
+}
+
 
 def _metric(task: str) -> Callable:
     if task not in TASKS:
@@ -1010,11 +1040,19 @@ def _metric(task: str) -> Callable:
     return TASKS[task]
 
 
+def parse_gold(task: str, gold):
+    """The gold answer of `task` read exactly as its metric reads it (a number, rows, normalized lines,
+    reference tokens); ValueError naming the metric and the problem if it cannot be scored. Call it
+    once per record at load time (data.py does) so a bad gold stops the run before any rollout."""
+    _metric(task)
+    return GOLD_READERS[task](gold)
+
+
 def score(task: str, response: str, answer, *, require_think: bool = False) -> float:
     """Reward of one response: format gate (if require_think), strip the thinking, apply the task metric."""
     metric = _metric(task)
     if require_think and not format_ok(response):
-        metric(response="", answer=answer)  # still validate the gold: bad data must not hide behind the gate
+        parse_gold(task, answer)  # still validate the gold: bad data must not hide behind the gate
         return 0.0
     return metric(answer_text(response), answer)
 

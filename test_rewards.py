@@ -68,6 +68,51 @@ def test_tasks_table_and_errors():
         score("numerical_reasoning", "no think tag", "twelve", require_think=True)
 
 
+# One bad gold per task type (issue 12 item 8), with what the error must say.
+BAD_GOLDS = {
+    "precise_retrieval": ("   ", "exact_match: gold answer must be a non-empty string"),
+    "comprehension": ([], "choice_accuracy: gold answer is an empty list"),
+    "exhaustive_retrieval": ("doc1", "set_f1: gold answer must be a list"),
+    "numerical_reasoning": ("about seven", "math_equal: cannot read gold answer 'about seven'"),
+    "structured_extraction": ('{"data": [["a"]', "row_iou: gold answer is not valid JSON"),
+    "structured_matching": (["red", ""], "sub_em: gold item 1 must be a non-empty string"),
+    "graded_ranking": (["a", "A"], "ndcg: gold item 'a' appears more than once"),
+    "sequence_ordering": ([None], "pairwise_accuracy: gold item 0 must be a non-empty string"),
+    "summarization": ("...", "rouge_l: a reference has no tokens"),
+}
+
+
+@pytest.mark.parametrize("task", list(BAD_GOLDS))
+def test_parse_gold_refuses_what_the_metric_refuses(task):
+    gold, message = BAD_GOLDS[task]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        rewards.parse_gold(task, gold)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        score(task, "anything", gold)
+
+
+def test_parse_gold_and_the_metrics_never_disagree():
+    # Every candidate gold, good or bad, against every task: parse_gold raises exactly when scoring does.
+    candidates = list(GOLD.values()) + [g for g, _ in BAD_GOLDS.values()] + [
+        "12", "B", "(B)", ["alice smith"], [1, 2], "x^2", "3/4", 42, 2.5, None, True, {"data": [["a", 1]]},
+        [["a", 1]], '{"rows": []}', ["the cat"], "", "\\boxed{12", "\\frac{\\sqrt{3}}{2}", "[0, 1)"]
+    for task in TASKS:
+        for gold in candidates:
+            try:
+                rewards.parse_gold(task, gold)
+                refused = None
+            except ValueError as e:
+                refused = str(e)
+            try:
+                _check(score(task, "</think>12", gold))
+                scored_error = None
+            except ValueError as e:
+                scored_error = str(e)
+            assert refused == scored_error, (task, gold)
+    with pytest.raises(ValueError, match="unknown task"):
+        rewards.parse_gold("retrieval", "x")
+
+
 def test_thinking_is_not_scored_as_summary():
     ref = "the cat sat on the mat"
     response = f"<think>{ref}</think>a dog"
