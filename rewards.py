@@ -358,7 +358,8 @@ def _boxed(text: str, limit: Optional[int] = None) -> Optional[str]:
 #   factor  := ("-" | "+") factor | power ("%")*
 #   power   := primary (("^" | "**") factor)?   right-associative: 2^3^2 = 2^9
 #   primary := number | mixed number 2\frac12 | (..) [..] {..} \{..\} groups, tuples, intervals, sets
-#            | \frac{a}{b} | \frac34 | \sqrt{x} | \sqrt[n]{x} | \pi | e | \infty | a letter (a variable)
+#            | \frac{a}{b} | \frac34 | \sqrt{x} | \sqrt[n]{x} | \ln \exp \sin \cos \tan power
+#            | \pi | e | \infty | a letter (a variable)
 # Values are exact Fractions while they stay small (MAX_BITS per numerator and denominator) and floats
 # otherwise (\pi, e, irrational roots, huge powers). The bounds at the top of the file (MAX_EXPR_CHARS,
 # MAX_DEPTH, MAX_BITS, MAX_ITEMS) make one parse O(length) with O(1) work per token.
@@ -367,6 +368,8 @@ _FRAC = {"\\frac", "\\dfrac", "\\tfrac", "\\cfrac"}
 _MUL = {"*", "\\times", "\\cdot", "\\ast"}
 _DIV = {"/", "\\div"}
 _EQ = {"=", "\\approx"}
+# Functions with one unambiguous reading (\log is left out: base e or base 10 depends on the field).
+_FUNCTIONS = {"\\ln": math.log, "\\exp": math.exp, "\\sin": math.sin, "\\cos": math.cos, "\\tan": math.tan}
 # Dropped with their braced argument: units and words (\text{ cm}); \operatorname{...} ends the parse.
 _TEXT = {"\\text", "\\textrm", "\\textnormal", "\\mathrm", "\\mbox", "\\unit", "\\si", "\\textit"}
 # Ignored tokens: sizing, fonts and siunitx wrappers; their braced argument is read as a group.
@@ -694,6 +697,9 @@ class _Parser:
                 n = self.expr()
                 self.expect("]")
             return _root(self.arg(), n)
+        if text in _FUNCTIONS:  # \ln 2, \sin\frac{\pi}{6}, \exp(1): the argument binds like a power
+            x = _scalar(self.power())
+            return _VAR if x is _VAR else _finite(_FUNCTIONS[text](float(x)))
         if text == "\\pi":
             return math.pi
         if text == "\\infty":
@@ -809,7 +815,7 @@ def _final_answer(text: str):
         if rest[:1] == "$" and rest.find("$", 1) > 0:
             phrase = rest[:rest.find("$", 1) + 1]  # "answer is $2^{10}$ because ..."
         else:
-            phrase = re.split(r"\n|\.\s|\.$", rest, maxsplit=1)[0]  # up to the end of the sentence
+            phrase = re.split(r"\n|\.\s|\.$", rest, maxsplit=1)[0].rstrip(" *")  # to the sentence end
         found = parse_math(phrase)
         if found is None:
             found = _from_regex(_first_number(_clean_math(low[k + len("answer is"):])))

@@ -548,6 +548,9 @@ LATEX_CASES = [
     ("e squared", r"\boxed{e^2}", "7.389056", 1.0),
     ("two pi", r"\boxed{2\pi}", "6.2832", 1.0),
     ("pi over 4", r"\boxed{\frac{\pi}{4}}", "0.785398", 1.0),
+    ("functions", r"\boxed{\ln 2 + \sin\frac{\pi}{6}}", "1.193147", 1.0),
+    ("exp", r"\boxed{\exp(1)}", "e", 1.0),
+    ("neg: log of a negative", r"\boxed{\ln(-1)}", "0", 0.0),
     # Mixed numbers.
     ("mixed digits", r"\boxed{2\frac12}", "2.5", 1.0),
     ("negative mixed", r"\boxed{-3\frac{1}{4}}", "-3.25", 1.0),
@@ -702,7 +705,8 @@ def test_math_equal_fuzz_latex_pieces():
     pieces = ["\\boxed{", "{", "}", "(", ")", "[", "]", "\\{", "\\}", "\\frac", "\\dfrac", "\\sqrt", "[3]",
               "^", "**", "_", "\\pi", "e", "x", "=", ",", "{,}", "\\,", "\\!", "\\%", "%", "\\$", "\\text{cm}",
               "\\left(", "\\right)", "\\times", "\\cdot", "\\div", "-", "+", "/", "1", "2", "0", "9" * 30,
-              "1e-3", "1e999", "\\infty", "\\num{", ".", " ", "\\", "\u2212", "\u00d7", "\u03c0", "\ud800"]
+              "1e-3", "1e999", "\\infty", "\\num{", ".", " ", "\\", "\u2212", "\u00d7", "\u03c0", "\ud800",
+              "\\ln", "\\exp", "\\sin", "\\approx", "\\{1, 2\\}", "(1, 2)", "[0, 1)", "x ="]
     worst = 0.0
     for _ in range(3000):
         text = "".join(rng.choices(pieces, k=rng.randint(0, 40)))
