@@ -103,7 +103,8 @@ class Config:
     weight_decay: float = option(0.1, "AdamW weight decay")
     grad_clip: float = option(1.0, "max global gradient norm")
     mini_batches: int = option(1, "optimizer steps per batch (paper: 1; >1 makes the clip matter)")
-    micro_batch_tokens: int = option(4096, "padded tokens per forward/backward micro-batch")
+    micro_batch_tokens: int = option(4096, "tokens per forward/backward micro-batch (padded rows; packed groups with --shared-prefix)")
+    shared_prefix: bool = option(True, "training forward packs a group as [prompt, r_1..r_G]: its prompt once, not G times")
     grad_checkpointing: bool = option(True, "recompute activations in backward (long contexts)")
     logprob_chunk: int = option(1024, "tokens per chunk in grpo.token_logprobs")
     # run
@@ -483,6 +484,14 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
 
 
+def forward_fns(cfg: Config):
+    """(training forward, micro-batch planner): the shared-prefix pair runs a group's prompt once,
+    the per-row pair G times (issue 10; the per-row one stays as the reference)."""
+    if cfg.shared_prefix:
+        return policy.forward_logprobs_shared, policy.shared_micro_batches
+    return policy.forward_logprobs, policy.micro_batches
+
+
 def old_logprobs(tr: Trainer, rows: Rows, cfg: Config, pad_id: int):
     """[R, T] log-probs under the policy before this batch's first optimizer step, or None.
 
@@ -493,17 +502,19 @@ def old_logprobs(tr: Trainer, rows: Rows, cfg: Config, pad_id: int):
     """
     if cfg.mini_batches == 1:
         return None
+    fwd, split = forward_fns(cfg)
     old_lp = torch.zeros(rows.tokens.shape, device=tr.device)
     with torch.no_grad(), tr.autocast():
-        for mb in policy.micro_batches(rows, list(range(len(rows.prompts))), cfg.micro_batch_tokens):
-            old_lp[mb] = policy.forward_logprobs(tr.net, rows, mb, pad_id, tr.device)
+        for mb in split(rows, list(range(len(rows.prompts))), cfg.micro_batch_tokens):
+            old_lp[mb] = fwd(tr.net, rows, mb, pad_id, tr.device)
     return old_lp
 
 
 def micro_batch_loss(tr: Trainer, rows: Rows, mb: list, adv: torch.Tensor, old_lp, ref, cfg: Config,
                      pad_id: int, n_tok: float, n_seq: float) -> tuple[torch.Tensor, dict]:
     """Steps 7-8 for the rows `mb`: the policy loss (a share of the global token mean) and its metrics."""
-    lp = policy.forward_logprobs(tr.model, rows, mb, pad_id, tr.device)             # [b, T] with grad
+    fwd, _ = forward_fns(cfg)
+    lp = fwd(tr.model, rows, mb, pad_id, tr.device)                                  # [b, T] with grad
     mask = rows.mask[mb].to(tr.device)
     old = old_lp[mb] if old_lp is not None else lp.detach()  # ratio 1 at mini_batches=1 (old_logprobs)
     is_w, m_is = None, {}
@@ -513,7 +524,7 @@ def micro_batch_loss(tr: Trainer, rows: Rows, mb: list, adv: torch.Tensor, old_l
                                cfg.dual_clip, is_w, cfg.loss_agg, num_tokens=n_tok, num_seqs=n_seq)
     if ref is not None:  # optional k3 KL to the frozen initial policy, token-mean
         with torch.no_grad():
-            ref_lp = policy.forward_logprobs(ref, rows, mb, pad_id, tr.device)
+            ref_lp = fwd(ref, rows, mb, pad_id, tr.device)
         loss = loss + cfg.kl_coef * (grpo.kl_k3(lp, ref_lp) * mask).sum() / max(n_tok, 1)
     return loss, {**m, **m_is}
 
@@ -539,7 +550,7 @@ def mini_batch_backward(tr: Trainer, rows: Rows, part: list, adv, old_lp, ref, c
     """
     n_tok, n_seq = all_reduce_list([sum(int(rows.mask[i].sum()) for i in part),
                                     sum(bool(rows.mask[i].any()) for i in part)], tr.device)
-    mbs = policy.micro_batches(rows, part, cfg.micro_batch_tokens)
+    mbs = forward_fns(cfg)[1](rows, part, cfg.micro_batch_tokens)
     metrics, n, bad = {}, 0, 0.0
     if not mbs:
         with tr.autocast():
@@ -815,7 +826,9 @@ def main(argv=None):
              **step_metrics(batch.generated, batch.kept, adv, cfg)}
         t_update = time.perf_counter()
         if batch.kept:
-            m.update(update(tr, batch.mine, adv[batch.my_pos], ref, cfg, tok.pad_token_id))  # steps 7-9
+            # the shared-prefix attention stays selected through backward: checkpointing recomputes
+            with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
+                m.update(update(tr, batch.mine, adv[batch.my_pos], ref, cfg, tok.pad_token_id))  # 7-9
             sync_sampler(sampler, model)
         else:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
