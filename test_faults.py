@@ -18,6 +18,7 @@ import torch
 import checkpoint
 import data
 import rewards
+import tasks
 import train
 from conftest import tiny_llama, tiny_qwen3
 
@@ -290,8 +291,8 @@ def test_json_line_writes_null_for_non_finite_numbers():
 
 
 def test_metrics_with_nothing_kept_are_strict_json():
-    light = [((1, 0, 0, 0), "qa", 0.5, 3, False, True)] * 4  # one group, all equal: nothing kept
-    m = train.step_metrics(light, [], torch.zeros(0), train.Config())
+    generated = [train.Record((1, 0, 0, 0), "qa", 0.5, 3, False, True)] * 4  # all equal: nothing kept
+    m = train.step_metrics(generated, [], torch.zeros(0), train.Config())
     assert math.isnan(m["difficulty/mean_pass_rate"])
     assert strict_json(checkpoint.json_line(m))["difficulty/mean_pass_rate"] is None
 
@@ -305,8 +306,10 @@ def test_finite_rewards_reports_and_zeroes_non_finite(capsys):
 
 def test_nan_reward_does_not_poison_the_advantages():
     """The rewards that reach advantages() are finite, so every advantage is (TMN averages tasks)."""
-    r, _ = train.finite_rewards([0.0, 1.0, float("nan"), 1.0, 0.0, 1.0], ["a"] * 4 + ["b"] * 2)
-    adv = train.advantages(r, [0, 0, 1, 1, 2, 2], ["a"] * 4 + ["b"] * 2, train.Config())
+    tasks_, groups = ["a"] * 4 + ["b"] * 2, [0, 0, 1, 1, 2, 2]
+    r, _ = train.finite_rewards([0.0, 1.0, float("nan"), 1.0, 0.0, 1.0], tasks_)
+    kept = [train.Record(g, t, x, 1, False, True) for g, t, x in zip(groups, tasks_, r)]
+    adv = train.advantages(kept, train.Config())
     assert torch.isfinite(adv).all() and (adv != 0).any()
 
 
@@ -329,7 +332,7 @@ def test_skip_unknown_sources_flag(tmp_path, capsys):
 
 def test_train_save_damage_and_resume(tmp_path, monkeypatch, qwen_tokenizer, capsys):
     model_dir = gguf_converted_folder(tmp_path / "model", qwen_tokenizer)
-    samples = data.build_tasks(data.load_documents(), qwen_tokenizer, 1, 512, seed=0)
+    samples = tasks.build_tasks(tasks.load_documents(), qwen_tokenizer, 1, 512, seed=0)
     data.save_jsonl(samples, tmp_path / "tasks.jsonl")
 
     def nan_first(tasks, texts, answers, **kw):  # rewards that vary, and one NaN per batch

@@ -20,6 +20,7 @@ import checkpoint
 import data
 import policy
 import rewards
+import tasks
 import train
 from conftest import tiny_qwen3
 
@@ -36,7 +37,7 @@ def tiny(tmp_path_factory, qwen_tokenizer):
     d = tmp_path_factory.mktemp("tiny")
     tiny_qwen3(seed=0).save_pretrained(d / "model")
     qwen_tokenizer.save_pretrained(d / "model")
-    samples = data.build_tasks(data.load_documents(), qwen_tokenizer, 2, 768, seed=0)
+    samples = tasks.build_tasks(tasks.load_documents(), qwen_tokenizer, 2, 768, seed=0)
     data.save_jsonl(samples, d / "tasks.jsonl")
     return d
 
