@@ -164,7 +164,7 @@ def check_answer(task: str, answer) -> Optional[str]:
     elif task == "structured_extraction":
         try:
             rows = json.loads(answer)["data"] if isinstance(answer, str) else answer
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             return f'must be rows or a JSON string {{"data": rows}} for {task}'
         ok = isinstance(rows, list) and all(isinstance(r, list) for r in rows)
     else:  # list tasks: F1, SubEM, NDCG, pairwise
@@ -172,10 +172,39 @@ def check_answer(task: str, answer) -> Optional[str]:
     return None if ok else f"is not a valid gold answer for {task}: {str(answer)[:80]!r}"
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")  # only a JSON escape (\\ud800) can put one in a str
+
+
+def _lone_surrogate(rec) -> Optional[tuple[str, int]]:
+    """(field path, character index) of the first lone surrogate in any key or string of `rec`, or None.
+    UTF-8 cannot encode one, so the tokenizer (and save_jsonl) would fail on it later; a valid pair of
+    escapes (an emoji) has already been joined into one character by json.loads. Iterative: records
+    nest as deep as json.loads allows."""
+    todo = [("", rec)]
+    while todo:
+        path, x = todo.pop()
+        if isinstance(x, str):
+            m = None if x.isascii() else SURROGATE.search(x)
+            if m:
+                return path or "(the record)", m.start()
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                if not k.isascii() and SURROGATE.search(k):
+                    return f"{path}.{k!a}".lstrip("."), SURROGATE.search(k).start()
+                todo.append((f"{path}.{k}".lstrip("."), v))
+        elif isinstance(x, list):
+            todo += [(f"{path}[{i}]", v) for i, v in enumerate(x)]
+    return None
+
+
 def parse_record(rec, where: str) -> Sample:
     """One released-format record -> Sample. `where` ("file:line") prefixes every error."""
     if not isinstance(rec, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
+    bad = _lone_surrogate(rec)
+    if bad:  # rejected, not replaced: the user's text is never silently changed
+        raise DataError(f"{where}: field {bad[0]!r} holds a lone UTF-16 surrogate at character {bad[1]} (a JSON "
+                        "escape like \\ud800 without its pair), which is not text: fix or drop that escape")
     source = _get(rec, "data_source", str, where)
     prompt = _get(rec, "prompt", list, where)
     if not prompt:
@@ -214,9 +243,11 @@ def parse_record(rec, where: str) -> Sample:
 def load_jsonl(path, *, skip_unknown: bool = False, counts: Optional[dict] = None) -> list[Sample]:
     """Read a released-format JSONL file. Malformed lines raise DataError naming file, line and field.
     Unknown data_source / reward_mode raise too, unless skip_unknown: then they are counted in `counts`
-    (reason -> number) and logged. Blank lines are skipped and counted as "blank_line"."""
+    (reason -> number) and logged. Blank lines are skipped and counted as "blank_line". Records that
+    reuse an earlier record's id are kept (they may be deliberate repeats), counted as "duplicate_id"
+    and logged with their lines."""
     counts = {} if counts is None else counts
-    samples = []
+    samples, first_line, dups = [], {}, {}  # id -> line of its first record; id -> lines that reuse it
     with open(path, "rb") as f:  # bytes, so a bad byte is reported with its line number
         for lineno, raw in enumerate(f, 1):
             where = f"{Path(path).name}:{lineno}"
@@ -231,14 +262,26 @@ def load_jsonl(path, *, skip_unknown: bool = False, counts: Optional[dict] = Non
                 rec = json.loads(line)
             except ValueError as e:  # message stays short even for a 10 MB line
                 raise DataError(f"{where}: invalid JSON ({str(e)[:200]})") from None
+            except RecursionError:  # e.g. 100K nested "[": json's C parser recurses once per level
+                raise DataError(f"{where}: invalid JSON (nested too deeply for Python's json parser)") from None
             try:
                 samples.append(parse_record(rec, where))
             except _Unknown as e:
                 if not skip_unknown:
                     raise DataError(str(e)) from None
                 counts[e.reason] = counts.get(e.reason, 0) + 1
+                continue
+            sid = samples[-1].id
+            if sid in first_line:
+                dups.setdefault(sid, [first_line[sid]]).append(lineno)
+                counts["duplicate_id"] = counts.get("duplicate_id", 0) + 1
+            first_line.setdefault(sid, lineno)
+    if dups:
+        shown = "; ".join(f"{i!r} at lines {', '.join(map(str, n))}" for i, n in list(dups.items())[:5])
+        log.warning("%s: %d records reuse an earlier id (kept): %s%s", path, counts["duplicate_id"], shown,
+                    "; ..." if len(dups) > 5 else "")
     if counts:
-        log.warning("%s: loaded %d samples, skipped %s", path, len(samples), counts)
+        log.warning("%s: loaded %d samples; counts %s", path, len(samples), counts)
     return samples
 
 

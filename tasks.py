@@ -10,11 +10,11 @@
 
 The paper builds its ~23K samples in four phases (SPEC section 9): a capability taxonomy, sources
 (curated long-context sets plus real books, papers and dialogues), QA pairs written by models on the
-real documents and cross-checked, then difficulty labelling by pass rate. We keep the taxonomy (the
-nine task types of rewards.TASKS) and phase 4, and replace model-written QA with questions whose
-answers are *computed* from the text (which sentence follows a quote, who mentions a word how often,
-in what order sentences appear), so every gold answer is correct by construction and the whole
-pipeline runs offline on any documents. Summarization needs a reference written by a person that is
+real documents and cross-checked, then difficulty labelling by pass rate (solve_rate here). We keep
+the taxonomy (the nine task types of rewards.TASKS) and phase 4, and replace model-written QA with
+questions whose answers are *computed* from the text (which sentence follows a quote, who mentions a
+word how often, in what order sentences appear), so every gold answer is correct by construction and
+the whole pipeline runs offline on any documents. Summarization needs a reference written by a person that is
 not in the context: we use the docstrings of Python's own standard library as summaries of their code
 with the docstring removed. The built-in documents are the Python language reference topics that ship
 with every Python (`pydoc_data.topics`), so nothing is downloaded.
@@ -297,8 +297,8 @@ def render_prompt(docs: list[tuple[str, str]], question: str) -> str:
 class Context:
     """What every task maker gets: the packed passages and their text as the prompt shows it."""
     docs: list                          # [(title, text)] in prompt order
-    text: str                           # render_documents(docs)
-    code: Optional[CodeSummary] = None  # summarization only: the code packed into docs
+    text: str                           # render_documents(docs): what the makers search and count in
+    code: Optional[CodeSummary] = None  # summarization only: the code packed into docs (its docstring removed)
 
 
 def _sentences(text: str) -> list[list[str]]:
@@ -531,39 +531,43 @@ def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, conte
 
 
 # -----------------------------------------------------------------------------
-# Difficulty filtering (the paper's phase 4): keep the band of pass rates you ask for
+# Difficulty filtering (the paper's phase 4): keep the band of solve rates you ask for
+#
+# A prompt's solve rate here is the fraction of its samples with reward >= threshold (default 0.5).
+# It is not tmn.pass_rates, the paper's p_x (reward > the task's threshold t_x, from the batch), which
+# train.py logs as pass_rate/{task}: two quantities, two names (issue 13 item 6).
 
-def pass_rate(rewards_of_prompt: Sequence[float], threshold: float = 0.5) -> float:
-    """Fraction of a prompt's G samples that pass (reward >= threshold). For binary rewards this is the
-    fraction correct; for graded ones (F1, NDCG, ROUGE-L) "at least half right" by default."""
+def solve_rate(rewards_of_prompt: Sequence[float], threshold: float = 0.5) -> float:
+    """Fraction of a prompt's G samples that solve it (reward >= threshold). For binary rewards this is
+    the fraction correct; for graded ones (F1, NDCG, ROUGE-L) "at least half right" by default."""
     if not rewards_of_prompt:
-        raise ValueError("pass_rate of an empty list of rewards")
+        raise ValueError("solve_rate of an empty list of rewards")
     return sum(r >= threshold for r in rewards_of_prompt) / len(rewards_of_prompt)
 
 
-def keep_by_pass_rate(pass_rates: Sequence[float], low: float = 0.0, high: float = 1.0) -> list[bool]:
+def keep_by_solve_rate(solve_rates: Sequence[float], low: float = 0.0, high: float = 1.0) -> list[bool]:
     """Keep prompts with low < p < high. The default (0, 1) drops what the model always solves and what
     it never solves, the two kinds of prompt that give GRPO no signal."""
-    return [low < p < high for p in pass_rates]
+    return [low < p < high for p in solve_rates]
 
 
-def filter_by_difficulty(samples: Sequence[Sample], pass_rates: Sequence[float], low: float = 0.0,
+def filter_by_difficulty(samples: Sequence[Sample], solve_rates: Sequence[float], low: float = 0.0,
                          high: float = 1.0) -> tuple[list[Sample], dict]:
-    """The kept samples (meta["pass_rate"] recorded) and counts: kept, too_easy (p >= high), too_hard."""
-    if len(samples) != len(pass_rates):
-        raise ValueError(f"{len(samples)} samples but {len(pass_rates)} pass rates")
-    keep = keep_by_pass_rate(pass_rates, low, high)
-    kept = [dataclasses.replace(s, meta={**s.meta, "pass_rate": p})
-            for s, p, k in zip(samples, pass_rates, keep) if k]
-    counts = {"kept": len(kept), "too_easy": sum(p >= high for p in pass_rates),
-              "too_hard": sum(p <= low for p in pass_rates)}
+    """The kept samples (meta["solve_rate"] recorded) and counts: kept, too_easy (p >= high), too_hard."""
+    if len(samples) != len(solve_rates):
+        raise ValueError(f"{len(samples)} samples but {len(solve_rates)} solve rates")
+    keep = keep_by_solve_rate(solve_rates, low, high)
+    kept = [dataclasses.replace(s, meta={**s.meta, "solve_rate": p})
+            for s, p, k in zip(samples, solve_rates, keep) if k]
+    counts = {"kept": len(kept), "too_easy": sum(p >= high for p in solve_rates),
+              "too_hard": sum(p <= low for p in solve_rates)}
     return kept, counts
 
 
-def measure_pass_rates(samples: Sequence[Sample], model_path: str, *, n: int = 8, max_new_tokens: int = 256,
-                       threshold: float = 0.5, seed: int = 0, prompts_per_call: int = 4) -> list[float]:
+def measure_solve_rates(samples: Sequence[Sample], model_path: str, *, n: int = 8, max_new_tokens: int = 256,
+                        threshold: float = 0.5, seed: int = 0, prompts_per_call: int = 4) -> list[float]:
     """Sample each prompt n times with the model at `model_path` (temperature 1, the training sampler)
-    and return each prompt's pass rate under rewards.score. A response ends at the same ids as in
+    and return each prompt's solve rate under rewards.score. A response ends at the same ids as in
     training (policy.eos_token_ids: the tokenizer's EOS, the generation config's, ChatML's), so the
     filter scores the responses training would see. Prompts are encoded with the model's own
     tokenizer; a prompt too long for it raises (build with that tokenizer's budget)."""
@@ -585,30 +589,45 @@ def measure_pass_rates(samples: Sequence[Sample], model_path: str, *, n: int = 8
         for j, s in enumerate(chunk):  # rows are prompt-major: prompt j owns rows j*n .. j*n+n-1
             texts = [tok.decode(out.tokens[r][out.mask[r].bool()], skip_special_tokens=True)
                      for r in range(j * n, (j + 1) * n)]
-            rates.append(pass_rate([rewards.score(s.task, t, s.answer) for t in texts], threshold))
+            rates.append(solve_rate([rewards.score(s.task, t, s.answer) for t in texts], threshold))
     return rates
 
 
 # -----------------------------------------------------------------------------
 # Command line: python tasks.py build ...
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help texts end with "(default: X)", except where there is none (None: the help says what then)."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """`python tasks.py build ...`; --help shows every default (issue 12 item 6)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build tasks of all nine types from documents and write JSONL")
+    b = sub.add_parser("build", help="build tasks of all nine types from documents and write JSONL",
+                       description="Build tasks of all nine types from documents and write them as JSONL "
+                                   "in the released record format (data.load_jsonl reads it).",
+                       formatter_class=_ShowDefaults)
     b.add_argument("--out", required=True, help="output JSONL (released record format)")
     b.add_argument("--context-tokens", type=int, default=1024, help="max templated prompt tokens")
     b.add_argument("--n-per-task", type=int, default=10, help="samples per task type")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="sample i of a task depends only on (seed, task, i)")
     b.add_argument("--docs", nargs="+", help=".txt/.md/.gz files or folders (default: Python's reference topics)")
     b.add_argument("--tokenizer", help="tokenizer folder or id (default: the embedded SmolLM2)")
-    b.add_argument("--filter-with", help="model folder or id: keep prompts by its pass rate (phase 4)")
-    b.add_argument("--filter-n", type=int, default=8, help="samples per prompt for the pass rate")
-    b.add_argument("--filter-max-new-tokens", type=int, default=256)
-    b.add_argument("--filter-threshold", type=float, default=0.5, help="reward that counts as a pass")
-    b.add_argument("--filter-low", type=float, default=0.0, help="keep pass rates > low")
-    b.add_argument("--filter-high", type=float, default=1.0, help="keep pass rates < high")
-    args = p.parse_args(argv)
+    b.add_argument("--filter-with", help="model folder or id: keep prompts by its solve rate (phase 4; "
+                                         "default: no filter)")
+    b.add_argument("--filter-n", type=int, default=8, help="samples per prompt for the solve rate")
+    b.add_argument("--filter-max-new-tokens", type=int, default=256, help="tokens per filter sample")
+    b.add_argument("--filter-threshold", type=float, default=0.5, help="reward that counts as solved (>= this)")
+    b.add_argument("--filter-low", type=float, default=0.0, help="keep solve rates > low")
+    b.add_argument("--filter-high", type=float, default=1.0, help="keep solve rates < high")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = make_parser().parse_args(argv)
 
     from transformers import AutoTokenizer
     t0 = time.time()
@@ -621,7 +640,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"{len(documents)} documents ({chars:,} characters), tokenizer {args.tokenizer}")
     samples = build_tasks(documents, tokenizer, args.n_per_task, args.context_tokens, args.seed)
     if args.filter_with:
-        rates = measure_pass_rates(samples, args.filter_with, n=args.filter_n, seed=args.seed,
+        rates = measure_solve_rates(samples, args.filter_with, n=args.filter_n, seed=args.seed,
                                    max_new_tokens=args.filter_max_new_tokens, threshold=args.filter_threshold)
         samples, counts = filter_by_difficulty(samples, rates, args.filter_low, args.filter_high)
         print(f"difficulty filter with {args.filter_with}: {counts}")

@@ -170,6 +170,47 @@ def test_unknown_source_and_mode_error_or_skip_with_counts(tmp_path, caplog):
     assert "unknown_reward_mode" in caplog.text
 
 
+def test_deep_nesting_is_a_data_error_naming_the_line(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [record("EM", {"golden_label": "ok"}), "[" * 100_000])
+    with pytest.raises(DataError, match=r"r.jsonl:2: invalid JSON \(nested too deeply"):
+        data.load_jsonl(path)  # json.loads raises RecursionError here, which is not a ValueError
+    deep_gold = record("multitableqa_pretraining", {"golden_label": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(DataError, match=r"r.jsonl:1: field 'reward_model.ground_truth.golden_label'"):
+        data.load_jsonl(write_jsonl(path, [deep_gold]))
+
+
+@pytest.mark.parametrize("where, field", [("prompt", "prompt[0].content"),
+                                          ("gold", "reward_model.ground_truth.golden_label"),
+                                          ("extra", "extra_info.question")])
+def test_lone_surrogate_is_rejected_with_line_and_field(tmp_path, where, field):
+    bad = record("EM", {"golden_label": "\ud800 gold" if where == "gold" else "ok"})
+    if where == "prompt":
+        bad["prompt"][0]["content"] = "Documents \udfff... Question?"
+    if where == "extra":
+        bad["extra_info"]["question"] = "Question \udbff?"
+    line = json.dumps(bad)  # ensure_ascii: the surrogate is written as the escape \\udXXX, as in the issue
+    assert "\\ud" in line
+    path = write_jsonl(tmp_path / "r.jsonl", [record("EM", {"golden_label": "ok"}), line])
+    with pytest.raises(DataError) as e:
+        data.load_jsonl(path)
+    assert str(e.value).startswith(f"r.jsonl:2: field {field!r} holds a lone UTF-16 surrogate"), str(e.value)
+    pair = record("EM", {"golden_label": "ok"})
+    pair["prompt"][0]["content"] = "smile \ud83d\ude00"  # a valid pair: json.loads joins it into one character
+    (s,) = data.load_jsonl(write_jsonl(path, [json.dumps(pair)]))
+    assert s.prompt[0]["content"] == "smile \U0001F600"
+
+
+def test_duplicate_ids_are_kept_counted_and_logged(tmp_path, caplog):
+    recs = [record("EM", {"golden_label": g}, index=i) for g, i in
+            [("a1", "a"), ("b1", "b"), ("a2", "a"), ("c1", 7), ("a3", "a"), ("c2", "7")]]
+    path = write_jsonl(tmp_path / "r.jsonl", recs + [record("EM", {"golden_label": "no index"})])
+    counts = {}
+    with caplog.at_level("WARNING", logger="data"):
+        samples = data.load_jsonl(path, counts=counts)
+    assert [s.answer for s in samples] == ["a1", "b1", "a2", "c1", "a3", "c2", "no index"]  # nothing dropped
+    assert counts == {"duplicate_id": 3}  # a twice more, 7 once more (ids are strings)
+    assert "3 records reuse an earlier id (kept): 'a' at lines 1, 3, 5; '7' at lines 4, 6" in caplog.text
+
 def test_ten_megabyte_lines(tmp_path):
     big = record("EM", {"golden_label": "needle"})
     big["prompt"][0]["content"] = "haystack " * 1_200_000  # ~10.8 MB on one line

@@ -204,16 +204,30 @@ def test_cli_build_writes_loadable_file(tmp_path, qwen_tokenizer, second_corpus,
     assert "wrote 18 samples" in capsys.readouterr().out
 
 
+
+def test_cli_build_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        tasks.main(["build", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split(" options: ", 1)[1]  # unwrapped, after usage
+    build = tasks.make_parser()._subparsers._group_actions[0].choices["build"]
+    options = [a for a in build._actions if a.option_strings != ["-h", "--help"]]
+    assert len(options) == 12
+    for a in options:
+        if a.required:
+            continue
+        shown = f"(default: {a.default})" if a.default is not None else "default: "  # None: says what then
+        assert shown in text.split(a.option_strings[0] + " ", 1)[1].split(" --", 1)[0], a.option_strings
+
 # -----------------------------------------------------------------------------
 # Difficulty filtering
 
-def test_pass_rates_and_band():
-    assert tasks.pass_rate([1, 0, 1, 1]) == 0.75 and tasks.pass_rate([0.4, 0.6], threshold=0.5) == 0.5
-    assert tasks.keep_by_pass_rate([0.0, 0.25, 1.0, 0.5], 0.0, 1.0) == [False, True, False, True]
-    assert tasks.keep_by_pass_rate([0.1, 0.3, 0.7], 0.2, 0.7) == [False, True, False]
+def test_solve_rates_and_band():
+    assert tasks.solve_rate([1, 0, 1, 1]) == 0.75 and tasks.solve_rate([0.4, 0.6], threshold=0.5) == 0.5
+    assert tasks.keep_by_solve_rate([0.0, 0.25, 1.0, 0.5], 0.0, 1.0) == [False, True, False, True]
+    assert tasks.keep_by_solve_rate([0.1, 0.3, 0.7], 0.2, 0.7) == [False, True, False]
     samples = [Sample(str(i), "precise_retrieval", [], "x", "EM") for i in range(4)]
     kept, counts = tasks.filter_by_difficulty(samples, [0.0, 0.5, 1.0, 0.125])
-    assert [s.id for s in kept] == ["1", "3"] and kept[0].meta["pass_rate"] == 0.5
+    assert [s.id for s in kept] == ["1", "3"] and kept[0].meta["solve_rate"] == 0.5
     assert counts == {"kept": 2, "too_easy": 1, "too_hard": 1}
     with pytest.raises(ValueError):
         tasks.filter_by_difficulty(samples, [0.5])
@@ -229,12 +243,12 @@ def tiny_model_dir(tmp_path_factory, qwen_tokenizer):
     return path
 
 
-def test_measure_pass_rates_with_a_tiny_model(tiny_model_dir, built_default):
+def test_measure_solve_rates_with_a_tiny_model(tiny_model_dir, built_default):
     pytest.importorskip("rollout")
     samples = [built_default[0], built_default[12]]
-    # 4 random tokens never reproduce a gold answer: pass rate 0. With threshold 0 every reward passes.
-    assert tasks.measure_pass_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4) == [0.0, 0.0]
-    assert tasks.measure_pass_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4, threshold=0.0) == [1.0, 1.0]
+    # 4 random tokens never reproduce a gold answer: solve rate 0. With threshold 0 every reward passes.
+    assert tasks.measure_solve_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4) == [0.0, 0.0]
+    assert tasks.measure_solve_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4, threshold=0.0) == [1.0, 1.0]
 
 
 
@@ -249,7 +263,7 @@ def test_filter_stops_on_the_training_eos_ids(tiny_model_dir, built_default, mon
     assert len(want) > 1 and tok.eos_token_id in want  # more than [tok.eos_token_id]: the test can fail
     seen, generate = [], rollout.generate
     monkeypatch.setattr(rollout, "generate", lambda *a, **k: seen.append(k["eos_token_ids"]) or generate(*a, **k))
-    tasks.measure_pass_rates(built_default[:1], str(tiny_model_dir), n=2, max_new_tokens=2)
+    tasks.measure_solve_rates(built_default[:1], str(tiny_model_dir), n=2, max_new_tokens=2)
     assert seen == [want]
 
 def test_cli_build_with_difficulty_filter(tmp_path, tiny_model_dir, capsys):
@@ -261,7 +275,7 @@ def test_cli_build_with_difficulty_filter(tmp_path, tiny_model_dir, capsys):
     assert data.load_jsonl(out) == [] and "'too_hard': 9" in capsys.readouterr().out
     tasks.main(base + ["--filter-low", "-1", "--filter-high", "2", "--filter-threshold", "0.5"])  # keep all
     kept = data.load_jsonl(out)
-    assert len(kept) == 9 and all(s.meta["pass_rate"] == 0.0 for s in kept)
+    assert len(kept) == 9 and all(s.meta["solve_rate"] == 0.0 for s in kept)
 
 
 def test_round_trip_released_and_built(tmp_path, built_default):
