@@ -230,7 +230,8 @@ def resume_metrics(path: Path, step: int, log=print) -> dict:
         log(f"{path}: {len(bad)} damaged line(s) (line {', '.join(map(str, bad[:5]))}"
             f"{' ...' if len(bad) > 5 else ''}) dropped; the original file is kept as {aside}")
     if out["later"]:
-        log(f"{path}: {out['later']} line(s) of steps after {step} (the checkpoint) dropped; they are redone")
+        log(f"{path}: {out['later']} line(s) of steps after {step} dropped "
+            f"({'a fresh start' if step == 0 else 'the checkpoint is at step ' + str(step)}; the run redoes them)")
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.writelines(keep)

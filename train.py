@@ -68,6 +68,7 @@ class Config:
     eval_data: str = option("", "evaluation JSONL; empty = a held-out split of the built tasks")
     skip_unknown_sources: bool = option(False, "skip and count JSONL records of an unknown data_source "
                                         "or reward_mode instead of stopping at the first")
+    skip_bad_golds: bool = option(False, "skip and count JSONL records whose gold its metric cannot score")
     context_tokens: int = option(512, "context length of built tasks (ignored with --data)")
     n_per_task: int = option(8, "built tasks per task type (ignored with --data)")
     eval_per_task: int = option(1, "built tasks per type held out for evaluation")
@@ -860,7 +861,8 @@ def load_data(cfg: Config, tok) -> tuple[list, list]:
             sys.exit("--eval-only with --data needs --eval-data: a JSONL training set has no held-out split")
         return [], tasks.build_tasks(tasks.load_documents(), tok, cfg.eval_per_task, cfg.context_tokens, cfg.seed)
     if cfg.data:  # skipped records are counted and logged by load_jsonl
-        train_set = data.load_jsonl(cfg.data, skip_unknown=cfg.skip_unknown_sources)
+        train_set = data.load_jsonl(cfg.data, skip_unknown=cfg.skip_unknown_sources,
+                                    skip_bad_golds=cfg.skip_bad_golds)
         eval_set = []
     else:
         built = tasks.build_tasks(tasks.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
@@ -871,7 +873,8 @@ def load_data(cfg: Config, tok) -> tuple[list, list]:
             held[s.task] = held.get(s.task, 0) + 1
             (eval_set if held[s.task] <= cfg.eval_per_task else train_set).append(s)
     if cfg.eval_data:
-        eval_set = data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources)
+        eval_set = data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources,
+                                   skip_bad_golds=cfg.skip_bad_golds)
     if not train_set and not cfg.eval_only:
         sys.exit(f"no training samples (data: {cfg.data or 'built-in tasks'}): nothing to train on")
     return train_set, eval_set
