@@ -856,7 +856,8 @@ def load_data(cfg: Config, tok) -> tuple[list, list]:
     (seed, task, i) alone, so building eval_per_task of each gives the same held-out split)."""
     if cfg.eval_only:
         if cfg.eval_data:
-            return [], data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources)
+            return [], data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources,
+                                       skip_bad_golds=cfg.skip_bad_golds)
         if cfg.data:
             sys.exit("--eval-only with --data needs --eval-data: a JSONL training set has no held-out split")
         return [], tasks.build_tasks(tasks.load_documents(), tok, cfg.eval_per_task, cfg.context_tokens, cfg.seed)
