@@ -15,13 +15,13 @@ wrote: the final Hugging Face folders, metrics.jsonl and the log.
 
 Prompts per step 3 of 4 generated: the kept rows differ between ranks (8 and 4 when every group
 has a learning signal), and --micro-batch-tokens 1100 makes several micro-batches per rank, so under
-fsdp the shorter rank pads with dummy passes. Each prompt is sampled with a seed of its own (its
-token ids), so the samples do not depend on which rank holds the prompt.
+fsdp the shorter rank pads with dummy passes. The samples are the same in every run (see
+per_prompt_generate for why and how); the sampler's own log-probs of them enter the loss through the
+rollout IS weights.
 """
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,9 +30,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
 import data
 import rewards
 import rollout
+import tasks
 import train
 from conftest import tiny_qwen3
 
@@ -40,16 +42,36 @@ ROOT = Path(__file__).resolve().parent
 REAL_GENERATE = rollout.generate
 
 
+_FROZEN = []  # the initial tiny model, built on first use in each process
+
+
+@torch.no_grad()
 def per_prompt_generate(model, prompts, n, max_new_tokens, **kw):
-    """rollout.generate one prompt at a time, seeded by the prompt's tokens: the same samples
-    whichever rank (and whichever position in its batch) a prompt lands on."""
-    outs = [REAL_GENERATE(model, [p], n, max_new_tokens, **{**kw, "seed": sum(p) % 100003}) for p in prompts]
+    """Samples that are the same in every run; log-probs from the sampler actually handed in.
+
+    A random model over Qwen's 151,936 tokens is nearly uniform, so weights that differ by 1e-8
+    (summation order: 2 ranks vs 1, shards vs whole tensors) already flip ~1% of sampled tokens, and
+    step 2 would train on other samples. So the tokens come from the frozen initial model, one prompt
+    at a time with a seed of its own (its token ids: whichever rank holds it), and the sampler
+    (`model`) scores them by teacher forcing: a stale or wrong weight sync changes the rollout
+    log-probs, hence the IS weights and the update, and the weight checks below see it."""
+    if not _FROZEN:
+        _FROZEN.append(tiny_qwen3(seed=0))
+    outs = [REAL_GENERATE(_FROZEN[0], [p], n, max_new_tokens, **{**kw, "seed": sum(p) % 100003})
+            for p in prompts]
     T = max(o.tokens.shape[1] for o in outs)
     pad = lambda x, v: torch.nn.functional.pad(x, (0, T - x.shape[1]), value=v)
-    return rollout.Rollout(torch.cat([pad(o.tokens, kw["pad_token_id"]) for o in outs]),
-                           torch.cat([pad(o.mask, False) for o in outs]),
-                           torch.cat([pad(o.logprobs, 0.0) for o in outs]),
-                           torch.cat([o.lengths for o in outs]), torch.cat([o.truncated for o in outs]), {})
+    tokens = torch.cat([pad(o.tokens, kw["pad_token_id"]) for o in outs])                 # [R, T]
+    mask = torch.cat([pad(o.mask, False) for o in outs])
+    lp = torch.zeros(tokens.shape)
+    for j, p in enumerate(prompts):  # the n rows of prompt j: [n, P + T] through the sampler
+        rows = slice(j * n, (j + 1) * n)
+        ids = torch.cat([torch.tensor([p] * n), tokens[rows]], 1)
+        hidden = model.model(ids).last_hidden_state[:, len(p) - 1:-1]                     # [n, T, H]
+        logp = torch.log_softmax(model.lm_head(hidden).float() / kw["temperature"], -1)  # [n, T, V]
+        lp[rows] = logp.gather(2, tokens[rows, :, None])[..., 0]
+    return rollout.Rollout(tokens, mask, lp * mask, torch.cat([o.lengths for o in outs]),
+                           torch.cat([o.truncated for o in outs]), {})
 
 
 def length_reward(tasks, texts, answers, **kw):
@@ -113,7 +135,7 @@ def runs(tmp_path_factory, qwen_tokenizer):
     d = tmp_path_factory.mktemp("fsdp")
     tiny_qwen3(seed=0).save_pretrained(d / "model")
     qwen_tokenizer.save_pretrained(d / "model")
-    data.save_jsonl(data.build_tasks(data.load_documents(), qwen_tokenizer, 2, 400, seed=0), d / "tasks.jsonl")
+    data.save_jsonl(tasks.build_tasks(tasks.load_documents(), qwen_tokenizer, 2, 400, seed=0), d / "tasks.jsonl")
     (d / "driver.py").write_text(DRIVER.format(root=str(ROOT), d=str(d), ports=[free_port() for _ in range(4)]))
     launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                              f"--master_port={free_port()}", str(d / "driver.py")], capture_output=True,
@@ -145,6 +167,11 @@ def test_fsdp_equals_ddp_equals_one_process(runs):
         # the clip uses the global norm: sharded gradients must add up to the unsharded norm
         assert c["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    # the sampler holds the trainer's weights at every step (on CPU both are float32): its log-probs
+    # of the samples equal the training forward's up to summation order (~1e-7); a missed sync after
+    # step 1 is off by the whole update (lr 1e-3 on every weight)
+    for x in m1 + m2 + m3 + metrics(d, "resume") + metrics(d, "mixed"):
+        assert abs(x["is_mismatch_kl"]) < 1e-5 and x["is_weight_mean"] == pytest.approx(1, abs=1e-5), x
 
 
 def test_fsdp_holds_about_half_the_state_per_rank(runs):
@@ -162,7 +189,10 @@ def test_fsdp_resume_equals_straight_run(runs):
         assert torch.equal(straight[k], resumed[k]), k
     assert (d / "fsdp" / "checkpoints" / "step_000001" / "optimizer" / ".metadata").exists()
     state = torch.load(d / "fsdp" / "checkpoints" / "step_000001" / "trainer_state.pt", weights_only=True)
-    assert state["optimizer"] is None  # the AdamW shards live in optimizer/, not here
+    assert "optimizer" not in state  # the AdamW shards live in optimizer/, not here
+    assert not checkpoint.checkpoint_problem(d / "fsdp" / "checkpoints" / "step_000001")
+    listed = json.loads((d / "fsdp" / "checkpoints" / "step_000001" / checkpoint.MARKER).read_text())["sizes"]
+    assert any(k.startswith("optimizer/") for k in listed)  # the shards' sizes are verified on resume
     strip = lambda m: {k: v for k, v in m.items() if not k.endswith(("_s", "tokens_per_s", "peak_mem_gib"))}
     assert strip(metrics(d, "fsdp")[1]) == strip(metrics(d, "resume")[-1])
 

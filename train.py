@@ -35,9 +35,11 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 import checkpoint
 import data
@@ -45,6 +47,7 @@ import grpo
 import policy
 import rewards
 import rollout
+import tasks
 import tmn
 
 
@@ -63,6 +66,9 @@ class Config:
     trust_remote_code: bool = option(False, "allow model code from the hub (off unless asked)")
     data: str = option("", "training JSONL in the released GoLongRL format; empty = build tasks from built-in docs")
     eval_data: str = option("", "evaluation JSONL; empty = a held-out split of the built tasks")
+    skip_unknown_sources: bool = option(False, "skip and count JSONL records of an unknown data_source "
+                                        "or reward_mode instead of stopping at the first")
+    skip_bad_golds: bool = option(False, "skip and count JSONL records whose gold its metric cannot score")
     context_tokens: int = option(512, "context length of built tasks (ignored with --data)")
     n_per_task: int = option(8, "built tasks per task type (ignored with --data)")
     eval_per_task: int = option(1, "built tasks per type held out for evaluation")
@@ -78,7 +84,7 @@ class Config:
     temperature: float = option(1.0, "sampling temperature (paper: 1.0)")
     top_p: float = option(1.0, "nucleus sampling (paper: 1.0)")
     top_k: int = option(0, "top-k sampling, 0 = off (paper: off)")
-    kv_budget_tokens: int = option(0, "KV tokens per generation wave, 0 = rollout.py's default")
+    kv_budget_tokens: int = option(0, "KV positions per generation wave; 0 = no limit: all prompts in one wave")
     require_think: bool = option(False, "format gate: reward 0 without exactly one </think> (paper: on)")
     # objective
     advantage: str = option("tmn_reweight", "grpo | tmn | tmn_reweight")
@@ -97,7 +103,8 @@ class Config:
     weight_decay: float = option(0.1, "AdamW weight decay")
     grad_clip: float = option(1.0, "max global gradient norm")
     mini_batches: int = option(1, "optimizer steps per batch (paper: 1; >1 makes the clip matter)")
-    micro_batch_tokens: int = option(4096, "padded tokens per forward/backward micro-batch")
+    micro_batch_tokens: int = option(4096, "tokens per forward/backward micro-batch (padded rows; packed groups with --shared-prefix)")
+    shared_prefix: bool = option(True, "training forward packs a group as [prompt, r_1..r_G]: its prompt once, not G times")
     grad_checkpointing: bool = option(True, "recompute activations in backward (long contexts)")
     shard: str = option("ddp", "ddp = every GPU holds the whole model and AdamW state; fsdp = FSDP2 shards them")
     logprob_chunk: int = option(1024, "tokens per chunk in grpo.token_logprobs")
@@ -105,13 +112,18 @@ class Config:
     out_dir: str = option("runs/default", "metrics.jsonl, checkpoints/ and the plot go here")
     seed: int = option(0, "seed of data order and sampling (each rank samples with its own stream)")
     eval_every: int = option(0, "evaluate every k steps (0 = only with --eval-only)")
-    eval_only: bool = option(False, "evaluate and exit")
+    eval_only: bool = option(False, "evaluate out_dir's newest checkpoint (the base model if it has none) and exit")
+    checkpoint: str = option("", "with --eval-only: evaluate this checkpoint folder instead of out_dir's newest")
     eval_max_new_tokens: int = option(0, "response limit at evaluation, 0 = max_new_tokens")
     save_every: int = option(0, "checkpoint every k steps (0 = at the end only)")
     keep_last: int = option(2, "checkpoints kept")
+    save_optimizer: bool = option(True, "AdamW state in checkpoints (2/3 of their size); without it --resume "
+                                        "restarts the optimizer")
     resume: bool = option(False, "continue from the newest complete checkpoint in out_dir")
+    overwrite: bool = option(False, "start again in an out_dir that holds a run: delete its metrics and checkpoints")
     task_balanced: bool = option(False, "equal prompts per task in each batch (as QwenLong-L1.5)")
-    plot: bool = option(False, "draw per-task reward curves to out_dir/rewards.png (needs matplotlib)")
+    plot: bool = option(False, "draw per-task reward curves to out_dir/rewards.png (needs matplotlib); "
+                               "on a folder holding a run, without --resume/--overwrite: only draw, no training")
     recipe: str = option("", "'paper' = the paper's hyperparameters (explicit flags still win)")
 
 
@@ -121,6 +133,106 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              temperature=1.0, top_p=1.0, top_k=0, max_prompt_tokens=163_840, max_new_tokens=16_384,
              require_think=True, advantage="tmn_reweight", alpha=0.8, micro_batch_tokens=32_768,
              kv_budget_tokens=262_144)  # KV positions per generation wave: ~30-40 GB bf16 for Qwen3-1.7B/4B
+
+
+# Lower bounds of the numeric fields, and why (issue 15 item 5: each was found late, or never).
+AT_LEAST = {
+    "group_size": (2, "a group of one has no spread: every advantage is 0 and no step ever updates"),
+    "prompts_per_step": (1, "a step needs prompts"), "max_gen_rounds": (1, "a step needs a generation round"),
+    "gen_prompts": (0, "0 means prompts_per_step"), "max_new_tokens": (1, "a response needs a token"),
+    "eval_max_new_tokens": (0, "0 means max_new_tokens"), "max_prompt_tokens": (1, "a prompt has tokens"),
+    "mini_batches": (1, "one batch makes at least one optimizer step"),
+    "micro_batch_tokens": (1, "a micro-batch holds at least one token"),
+    "logprob_chunk": (1, "a chunk holds at least one token"),
+    "keep_last": (1, "0 or less would delete the checkpoint just saved"),
+    "steps": (0, "a count"), "warmup_steps": (0, "a count"), "save_every": (0, "0 means at the end only"),
+    "eval_every": (0, "0 means never"), "top_k": (0, "0 means off"), "kv_budget_tokens": (0, "0 means one wave"),
+    "context_tokens": (1, "a document has tokens"), "n_per_task": (0, "a count"), "eval_per_task": (0, "a count"),
+    "weight_decay": (0.0, "a decay"), "kl_coef": (0.0, "a penalty weight"), "gamma": (0.0, "a strength"),
+    "clip_low": (0.0, "a clip range"), "clip_high": (0.0, "a clip range"),
+}
+# Floats that must be strictly positive.
+POSITIVE = {"lr": "a step size", "temperature": "logits are divided by it", "grad_clip": "a norm bound"}
+
+
+def looks_like_path(s: str) -> bool:
+    """A hub id is "name" or "org/name"; anything else that names a place on disk is a path."""
+    return s.startswith(("/", ".", "~")) or s.count("/") > 1 or Path(s).exists()
+
+
+def writable_problem(flag: str, path: Path) -> str:
+    """'' if `path` is (or can be made as) a folder this process can write into."""
+    if path.exists() and not path.is_dir():
+        return f"{flag} {path} is a file, not a folder: pass a folder path"
+    here = path
+    while not here.exists():  # the nearest existing parent is the one that must let us create it
+        here = here.parent
+    if not here.is_dir():
+        return f"{flag} {path}: {here} is a file, not a folder"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"{flag} {path}: {here} is not writable: pass a folder you can write to"
+    return ""
+
+
+def validate_config(cfg: Config) -> list:
+    """Every problem with `cfg`, one line each, found before anything heavy is loaded ([] = fine)."""
+    problems = []
+    flag = lambda name: "--" + name.replace("_", "-")
+    for f in dataclasses.fields(Config):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"{flag(f.name)} {v}: must be a finite number")
+        elif f.name in AT_LEAST and v < AT_LEAST[f.name][0]:
+            least, why = AT_LEAST[f.name]
+            problems.append(f"{flag(f.name)} {v}: must be >= {least} ({why})")
+        elif f.name in POSITIVE and v <= 0:
+            problems.append(f"{flag(f.name)} {v}: must be > 0 ({POSITIVE[f.name]})")
+    if not 0 < cfg.top_p <= 1 and math.isfinite(cfg.top_p):
+        problems.append(f"--top-p {cfg.top_p}: must be in (0, 1] (a probability mass)")
+    if not 0 <= cfg.alpha <= 1 and math.isfinite(cfg.alpha):
+        problems.append(f"--alpha {cfg.alpha}: must be in [0, 1] (a mix weight)")
+    if cfg.advantage not in ("grpo", "tmn", "tmn_reweight"):
+        problems.append(f"--advantage {cfg.advantage!r}: must be grpo, tmn or tmn_reweight")
+    if cfg.shard not in ("ddp", "fsdp"):
+        problems.append(f"--shard {cfg.shard!r}: must be ddp or fsdp")
+    if cfg.loss_agg not in ("token-mean", "seq-mean-token-mean"):
+        problems.append(f"--loss-agg {cfg.loss_agg!r}: must be token-mean or seq-mean-token-mean")
+    if cfg.resume and cfg.overwrite:
+        problems.append("--resume continues the run in --out-dir, --overwrite deletes it: give one of them")
+    if cfg.checkpoint and not cfg.eval_only:
+        problems.append("--checkpoint chooses what --eval-only evaluates; to continue a run use --resume")
+    if math.isfinite(cfg.dual_clip) and cfg.dual_clip <= 1:
+        problems.append(f"--dual-clip {cfg.dual_clip}: must be > 1 (it bounds the ratio from above)")
+    if cfg.model and looks_like_path(cfg.model):  # a hub id is left to the hub
+        m = Path(cfg.model).expanduser()
+        if not m.exists():
+            problems.append(f"--model {cfg.model}: no such folder (a hub id looks like org/name)")
+        elif not (m / "config.json").is_file():
+            problems.append(f"--model {cfg.model}: no config.json there (not a Hugging Face model folder)")
+        elif not any((m / t).is_file() for t in checkpoint.TOKENIZER_FILES):
+            problems.append(f"--model {cfg.model}: no tokenizer file there (one of "
+                            f"{', '.join(checkpoint.TOKENIZER_FILES)}); save the model's tokenizer into "
+                            "the folder (tokenizer.save_pretrained)")
+    for name in ("data", "eval_data"):
+        if getattr(cfg, name) and not Path(getattr(cfg, name)).is_file():
+            problems.append(f"{flag(name)} {getattr(cfg, name)}: no such file")
+    out = Path(cfg.out_dir)
+    problems.append(writable_problem("--out-dir", out))
+    if not problems[-1] and (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
+        problems[-1] = f"--out-dir {out}: {out / 'checkpoints'} is a file; checkpoints go in a folder of that name"
+    return [x for x in problems if x]
+
+
+def run_settings(given: dict) -> dict:
+    """--eval-only on a run folder starts from the run's own config (out_dir/config.json): the same
+    model, held-out split and generation limits. Fields that say what this command does are not taken;
+    flags given on the command line win (applied after)."""
+    path = Path(given.get("out_dir", Config.out_dir)) / "config.json"
+    if not given.get("eval_only") or not path.exists():
+        return {}
+    skip = {"out_dir", "eval_only", "checkpoint", "resume", "overwrite", "plot", "recipe"}
+    return {k: v for k, v in json.loads(path.read_text()).items()
+            if k in {f.name for f in dataclasses.fields(Config)} - skip}
 
 
 def parse_config(argv=None) -> Config:
@@ -137,11 +249,10 @@ def parse_config(argv=None) -> Config:
         cfg = dataclasses.replace(cfg, **PAPER)
     elif given.get("recipe", "") not in ("", "paper"):
         p.error(f"--recipe must be 'paper' or empty, got {given['recipe']!r}")
-    cfg = dataclasses.replace(cfg, **given)
-    if cfg.advantage not in ("grpo", "tmn", "tmn_reweight"):
-        p.error(f"--advantage must be grpo, tmn or tmn_reweight, got {cfg.advantage!r}")
-    if cfg.shard not in ("ddp", "fsdp"):
-        p.error(f"--shard must be ddp or fsdp, got {cfg.shard!r}")
+    cfg = dataclasses.replace(cfg, **{**run_settings(given), **given})
+    problems = validate_config(cfg)
+    if problems:  # every problem at once, one line each, exit code 2 (as argparse's own errors)
+        p.exit(2, "".join(f"{p.prog}: error: {x}\n" for x in problems) + f"{p.prog} --help lists every field\n")
     return cfg
 
 
@@ -178,8 +289,31 @@ def all_reduce(x: float, device: torch.device, op=None) -> float:
     return float(t)
 
 
+def all_reduce_list(xs: list, device: torch.device, op=None) -> list:
+    """Elementwise sum (or `op`) of a fixed-length list of numbers over all ranks, in one call.
+
+    Every rank calls this with the same length at the same point of the step, whatever its data:
+    a collective that one rank skips hangs the others (issue 9).
+    """
+    if not dist.is_initialized():
+        return [float(x) for x in xs]
+    t = torch.tensor([float(x) for x in xs], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
 # -----------------------------------------------------------------------------
 # Steps 2-3: sample n responses per prompt and score them (this rank's prompts only)
+
+class Record(NamedTuple):
+    """One generated row as every rank sees it after the gather: small, no token ids."""
+    group: tuple      # globally unique prompt label (step, round, rank, index)
+    task: str
+    reward: float
+    length: int       # response tokens
+    truncated: bool   # no EOS before max_new_tokens
+    format_ok: bool   # the thinking-format gate passed
+
 
 @dataclass
 class Rows:
@@ -215,10 +349,29 @@ class Rows:
                     pick(self.rewards), pick(self.tasks), pick(self.groups), pick(self.truncated),
                     pick(self.format_ok))
 
+    def records(self) -> list:
+        """[R] Record of each row (what the other ranks need to know about it)."""
+        return [Record(*x) for x in zip(self.groups, self.tasks, self.rewards, self.mask.sum(1).tolist(),
+                                        self.truncated, self.format_ok)]
+
+
+def finite_rewards(scores: list, tasks: list) -> tuple[list, int]:
+    """(scores with every NaN / infinite one set to 0, how many were). One such reward would make the
+    task's mean, and through TMN's mean over tasks every advantage of the global batch, NaN: it is
+    reported with its task and counted in the metric nonfinite_rewards instead (issue 15 item 9)."""
+    out, bad = [], 0
+    for task, r in zip(tasks, scores):
+        if not math.isfinite(r):
+            print(f"warning: task {task}: reward {r} is not a finite number; scored 0", flush=True)
+            r, bad = 0.0, bad + 1
+        out.append(float(r))
+    return out, bad
+
 
 def sample_and_score(model, tok, samples, prompt_ids, cfg: Config, eos_ids, seed: int, label,
                      n: int, temperature: float, top_p: float, max_new: int) -> tuple[Rows, dict]:
-    """rollout.generate on this rank's prompts, then rewards.score_batch on the decoded text."""
+    """rollout.generate on this rank's prompts, then rewards.score_batch on the decoded text.
+    Returns the rows and this call's seconds and generated tokens."""
     t0 = time.perf_counter()
     out = rollout.generate(model, prompt_ids, n, max_new, temperature=temperature, top_p=top_p,
                            top_k=cfg.top_k, eos_token_ids=eos_ids, pad_token_id=tok.pad_token_id,
@@ -228,17 +381,19 @@ def sample_and_score(model, tok, samples, prompt_ids, cfg: Config, eos_ids, seed
              for i in range(out.tokens.shape[0])]
     expand = lambda xs: [x for x in xs for _ in range(n)]                        # per prompt -> per row
     tasks, answers = expand([s.task for s in samples]), expand([s.answer for s in samples])
-    scores = rewards.score_batch(tasks, texts, answers, require_think=cfg.require_think)
+    scores, nonfinite = finite_rewards(rewards.score_batch(tasks, texts, answers, require_think=cfg.require_think),
+                                       tasks)
     fmt = [rewards.format_ok(t) for t in texts] if cfg.require_think else [True] * len(texts)
     t2 = time.perf_counter()
     rows = Rows(expand(prompt_ids), out.tokens.cpu(), out.mask.cpu(), out.logprobs.float().cpu(),
                 scores, tasks, expand([(*label, i) for i in range(len(samples))]),
                 out.truncated.cpu().tolist(), fmt)
-    return rows, {"rollout_s": t1 - t0, "reward_s": t2 - t1, "gen_tokens": int(out.mask.sum())}
+    return rows, {"rollout_s": t1 - t0, "reward_s": t2 - t1, "gen_tokens": int(out.mask.sum()),
+                  "nonfinite_rewards": nonfinite}
 
 
 # -----------------------------------------------------------------------------
-# Steps 4-6: the global batch, dynamic sampling, advantages
+# Steps 4-5: the global batch and dynamic sampling
 
 def pick_groups(all_rows: list, need: int, filtering: bool) -> list:
     """Which prompts of a generation round to keep, decided identically on every rank.
@@ -264,9 +419,67 @@ def pick_groups(all_rows: list, need: int, filtering: bool) -> list:
     return keep
 
 
-def advantages(rewards_: list, groups: list, tasks: list, cfg: Config) -> torch.Tensor:
-    """[R_global] advantages of the kept global batch, with the estimator the config names."""
-    r = torch.tensor(rewards_, dtype=torch.float64)
+@dataclass
+class Batch:
+    """What steps 1-5 hand to the update: this rank's kept rows and every rank's records."""
+    mine: Rows         # this rank's kept rows (token ids and sampler log-probs)
+    generated: list    # [Record] of every generated row, all ranks, in one global order
+    kept: list         # [Record] of the kept rows, all ranks, in the order of the advantages
+    my_pos: list       # [int] where this rank's kept rows sit in `kept`
+    dropped: int       # prompts dropped as longer than max_prompt_tokens (this rank)
+    gen_tokens: int    # tokens generated by this rank
+    nonfinite: int     # rewards that were NaN / infinite, scored 0 (this rank)
+    times: dict        # seconds on this rank: rollout_s, reward_s
+
+
+def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: int, device) -> Batch:
+    """Steps 1-5: generation rounds until the global batch holds cfg.prompts_per_step prompts with a
+    learning signal (or cfg.max_gen_rounds is reached)."""
+    b = Batch(Rows.cat([]), [], [], [], 0, 0, 0, {"rollout_s": 0.0, "reward_s": 0.0})
+    need, parts = cfg.prompts_per_step, []
+    for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling else 1):
+        samples = batches.next_batch()                                           # step 1
+        ids, samples, counts = data.encode_prompts(samples, tok, cfg.max_prompt_tokens,
+                                                   truncate=cfg.truncate_prompts)
+        b.dropped += counts.get("dropped_too_long", 0)
+        seed = hash((cfg.seed, step, rnd, rank)) % 2**31  # reproducible, distinct per rank
+        rows = Rows.cat([])
+        if samples:                                                              # steps 2-3
+            rows, t = sample_and_score(sampler, tok, samples, ids, cfg, eos_ids, seed, (step, rnd, rank),
+                                       cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+            b.gen_tokens += t.pop("gen_tokens")
+            b.nonfinite += t.pop("nonfinite_rewards")
+            for k, v in t.items():
+                b.times[k] += v
+        all_records = [[Record(*x) for x in recs] for recs in gather(rows.records())]  # step 4
+        keep = pick_groups([([x.group for x in recs], [x.reward for x in recs]) for recs in all_records],
+                           need, cfg.dynamic_sampling)                           # step 5
+        for r, idx in enumerate(keep):
+            if r == rank:
+                b.my_pos += range(len(b.kept), len(b.kept) + len(idx))
+            b.kept += [all_records[r][i] for i in idx]
+        parts.append(rows.select(keep[rank]))
+        b.generated += [x for recs in all_records for x in recs]
+        need = cfg.prompts_per_step - len({x.group for x in b.kept})
+        if need <= 0:
+            break
+    b.mine = Rows.cat(parts)
+    dropped = all_reduce(b.dropped, device)
+    if not b.generated:
+        sys.exit(f"step {step}: no prompt left to generate from ({int(dropped)} dropped as longer "
+                 f"than --max-prompt-tokens {cfg.max_prompt_tokens}; try --truncate-prompts)")
+    return b
+
+
+# -----------------------------------------------------------------------------
+# Step 6: advantages over the global kept batch
+
+def advantages(kept: list, cfg: Config) -> torch.Tensor:
+    """[R_global] advantages of the kept rows (Records, all ranks), with the estimator the config names."""
+    if not kept:
+        return torch.zeros(0)
+    r = torch.tensor([x.reward for x in kept], dtype=torch.float64)
+    groups, tasks = [x.group for x in kept], [x.task for x in kept]
     if cfg.advantage == "grpo":
         return grpo.group_advantages(r, groups).float()
     return tmn.tmn_reweight(r, groups, tasks, alpha=cfg.alpha, gamma=cfg.gamma,
@@ -276,228 +489,421 @@ def advantages(rewards_: list, groups: list, tasks: list, cfg: Config) -> torch.
 # -----------------------------------------------------------------------------
 # Steps 7-9: training forward, loss, one synced backward, clip, AdamW
 
-def update(net, wrapped, optimizer, scheduler, rows: Rows, adv: torch.Tensor, ref, cfg: Config,
-           world: int, device, pad_id: int) -> dict:
-    """One batch -> cfg.mini_batches optimizer steps. Returns averaged metrics of this rank.
+@dataclass
+class Trainer:
+    """What the update works with: the policy, its DDP or FSDP2 wrapper, the optimizer and its schedule."""
+    net: policy.Policy        # the policy itself (under fsdp: sharded in place, net is the FSDP root)
+    wrapped: nn.Module        # policy.wrap(net): DDP(net), the FSDP2 root, or net alone (one process)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    world: int
+    device: torch.device
+    state_bytes: int = 0      # weights + grads + AdamW held by this rank, measured at the last step
 
-    Token-mean over the *global* mini-batch: every micro-batch divides by the global token count N,
-    and the loss is multiplied by the world size because DDP averages gradients (grpo.policy_loss).
-    Only the last micro-step of each mini-batch syncs gradients (policy.grad_sync). `wrapped` is
-    what policy.wrap returned (DDP, the FSDP2 root, or net itself); FSDP2 averages like DDP.
+    @property
+    def model(self) -> nn.Module:
+        """What the forward with gradient goes through."""
+        return self.wrapped
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+
+
+def forward_fns(cfg: Config):
+    """(training forward, micro-batch planner): the shared-prefix pair runs a group's prompt once,
+    the per-row pair G times (issue 10; the per-row one stays as the reference)."""
+    if cfg.shared_prefix:
+        return policy.forward_logprobs_shared, policy.shared_micro_batches
+    return policy.forward_logprobs, policy.micro_batches
+
+
+def old_logprobs(tr: Trainer, rows: Rows, cfg: Config, pad_id: int):
+    """[R, T] log-probs under the policy before this batch's first optimizer step, or None.
+
+    With one optimizer step per batch (the paper's mini_batches=1) the policy that is updated *is*
+    the one that scored the batch, so the loss uses old = logp.detach(): the ratio is exactly 1, the
+    PPO clip never triggers, and no extra forward is spent. With K > 1 mini-batches the later ones are
+    off-policy: record the old log-probs once, up front.
     """
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
-    R = len(rows.prompts)
-    model = wrapped
-    old_lp = None
-    # With one optimizer step per batch the policy that made the batch is the one being updated:
-    # old = logp.detach() inside the loss, no extra pass. With K > 1, record it once up front.
-    if cfg.mini_batches > 1:
-        with torch.no_grad(), autocast:
-            old_lp = torch.zeros(rows.tokens.shape, device=device)
-            for mb in policy.even_micro_batches(
-                    policy.micro_batches(rows, list(range(R)), cfg.micro_batch_tokens), model, device):
-                if mb:
-                    old_lp[mb] = policy.forward_logprobs(model, rows, mb, pad_id, device)
-                else:  # fsdp: a rank with fewer micro-batches still joins every all-gather
-                    policy.dummy_logprobs(model, device)
+    if cfg.mini_batches == 1:
+        return None
+    fwd, split = forward_fns(cfg)
+    old_lp = torch.zeros(rows.tokens.shape, device=tr.device)
+    mbs = policy.even_micro_batches(split(rows, list(range(len(rows.prompts))), cfg.micro_batch_tokens),
+                                    tr.model, tr.device)  # fsdp: every forward is a collective
+    with torch.no_grad(), tr.autocast():
+        for mb in mbs:
+            if mb:
+                old_lp[mb] = fwd(tr.net, rows, mb, pad_id, tr.device)
+            else:
+                policy.dummy_logprobs(tr.model, tr.device)
+    return old_lp
+
+
+def micro_batch_loss(tr: Trainer, rows: Rows, mb: list, adv: torch.Tensor, old_lp, ref, cfg: Config,
+                     pad_id: int, n_tok: float, n_seq: float) -> tuple[torch.Tensor, dict]:
+    """Steps 7-8 for the rows `mb`: the policy loss (a share of the global token mean) and its metrics."""
+    fwd, _ = forward_fns(cfg)
+    lp = fwd(tr.model, rows, mb, pad_id, tr.device)                                  # [b, T] with grad
+    mask = rows.mask[mb].to(tr.device)
+    old = old_lp[mb] if old_lp is not None else lp.detach()  # ratio 1 at mini_batches=1 (old_logprobs)
+    is_w, m_is = None, {}
+    if cfg.rollout_is:
+        is_w, m_is = grpo.rollout_is_weights(old, rows.rollout_lp[mb].to(tr.device), mask)
+    loss, m = grpo.policy_loss(lp, old, adv[mb].to(tr.device), mask, cfg.clip_low, cfg.clip_high,
+                               cfg.dual_clip, is_w, cfg.loss_agg, num_tokens=n_tok, num_seqs=n_seq)
+    if ref is not None:  # optional k3 KL to the frozen initial policy, token-mean
+        with torch.no_grad():
+            ref_lp = fwd(ref, rows, mb, pad_id, tr.device)
+        loss = loss + cfg.kl_coef * (grpo.kl_k3(lp, ref_lp) * mask).sum() / max(n_tok, 1)
+    return loss, {**m, **m_is}
+
+
+def dummy_backward(tr: Trainer):
+    """A zero loss through the whole model, for a rank that kept no rows in this mini-batch (or,
+    under fsdp, fewer micro-batches than another rank).
+
+    DDP all-reduces gradients *inside* backward, bucket by bucket, and FSDP2 all-gathers each layer
+    in forward and backward; every rank must take part in each collective, or the others wait
+    forever. Its gradients are zero, so it adds nothing to the sum."""
+    (policy.dummy_logprobs(tr.model, tr.device).sum() * 0.0).backward()   # one 2-token row
+
+
+def mini_batch_backward(tr: Trainer, rows: Rows, part: list, adv, old_lp, ref, cfg: Config,
+                        pad_id: int) -> tuple[dict, int, float]:
+    """Backward over the rows `part`, micro-batch by micro-batch; gradients sync on the last one only.
+
+    The loss is a token mean over the *global* mini-batch: every micro-batch divides by the global
+    token count N and is multiplied by the world size, because DDP averages gradients (grpo.policy_loss).
+    Returns summed metrics, the number of micro-batches they came from, and the non-finite loss count.
+    """
+    n_tok, n_seq = all_reduce_list([sum(int(rows.mask[i].sum()) for i in part),
+                                    sum(bool(rows.mask[i].any()) for i in part)], tr.device)
+    mbs = forward_fns(cfg)[1](rows, part, cfg.micro_batch_tokens) or [[]]  # [] = no rows: dummy pass
+    mbs = policy.even_micro_batches(mbs, tr.model, tr.device)  # fsdp: as many passes as any rank
+    metrics, n, bad = {}, 0, 0.0
+    for j, mb in enumerate(mbs):
+        sync = j == len(mbs) - 1
+        with policy.grad_sync(tr.model, sync), tr.autocast():
+            if not mb:
+                dummy_backward(tr)
+                continue
+            loss, m = micro_batch_loss(tr, rows, mb, adv, old_lp, ref, cfg, pad_id, n_tok, n_seq)
+            bad += float(not torch.isfinite(loss))
+            (loss * tr.world).backward()
+        for k, v in m.items():
+            metrics[k] = metrics.get(k, 0.0) + v
+        n += 1
+    return metrics, n, bad
+
+
+def optimizer_step(tr: Trainer, cfg: Config, bad: float) -> tuple[float, bool]:
+    """Step 9: clip the global gradient norm, then AdamW, unless a loss or the gradient is non-finite
+    on any rank (every rank then skips, weights untouched). Returns (gradient norm, skipped)."""
+    norm = policy.clip_grad_norm(tr.net.parameters(), cfg.grad_clip)  # global norm, also when sharded
+    bad = all_reduce(bad + float(not torch.isfinite(norm)), tr.device)
+    if bad:
+        print(f"warning: non-finite loss or gradient (norm {float(norm)}): step skipped", flush=True)
+    else:
+        tr.optimizer.step()
+    tr.state_bytes = policy.local_state_bytes(tr.net, tr.optimizer)  # before the grads are freed
+    tr.optimizer.zero_grad(set_to_none=True)
+    return float(norm), bool(bad)
+
+
+def update(tr: Trainer, rows: Rows, adv: torch.Tensor, ref, cfg: Config, pad_id: int) -> dict:
+    """Steps 7-9: one batch -> cfg.mini_batches optimizer steps. Returns this rank's averaged metrics."""
+    old_lp = old_logprobs(tr, rows, cfg, pad_id)
     metrics, n_metrics, skipped = {}, 0, 0
-    parts = [list(range(R))[k::cfg.mini_batches] for k in range(cfg.mini_batches)]
+    parts = [list(range(len(rows.prompts)))[k::cfg.mini_batches] for k in range(cfg.mini_batches)]
     for part in parts:
-        n_tok = all_reduce(sum(int(rows.mask[i].sum()) for i in part), device)
-        n_seq = all_reduce(sum(bool(rows.mask[i].any()) for i in part), device)
-        mbs = policy.even_micro_batches(policy.micro_batches(rows, part, cfg.micro_batch_tokens) or [[]],
-                                        model, device)  # [] = no rows: dummy pass
-        bad = 0.0
-        for j, mb in enumerate(mbs):
-            sync = j == len(mbs) - 1
-            with policy.grad_sync(model, sync), autocast:
-                if not mb:  # no rows (left): a zero loss through the model still joins the collectives
-                    (policy.dummy_logprobs(model, device).sum() * 0.0).backward()
-                    continue
-                lp = policy.forward_logprobs(model, rows, mb, pad_id, device)             # [b, T] with grad
-                mask = rows.mask[mb].to(device)
-                old = old_lp[mb] if old_lp is not None else lp.detach()
-                is_w = None
-                if cfg.rollout_is:
-                    is_w, m_is = grpo.rollout_is_weights(old, rows.rollout_lp[mb].to(device), mask)
-                loss, m = grpo.policy_loss(lp, old, adv[mb].to(device), mask, cfg.clip_low,
-                                           cfg.clip_high, cfg.dual_clip, is_w, cfg.loss_agg,
-                                           num_tokens=n_tok, num_seqs=n_seq)
-                if ref is not None:  # optional k3 KL to the frozen initial policy, token-mean
-                    with torch.no_grad():
-                        ref_lp = policy.forward_logprobs(ref, rows, mb, pad_id, device)
-                    loss = loss + cfg.kl_coef * (grpo.kl_k3(lp, ref_lp) * mask).sum() / max(n_tok, 1)
-                bad += float(not torch.isfinite(loss))
-                (loss * world).backward()
-            for k, v in {**m, **(m_is if cfg.rollout_is else {})}.items():
-                metrics[k] = metrics.get(k, 0.0) + v
-            n_metrics += 1
-        # Step 9. A non-finite loss or gradient on any rank skips the step everywhere, weights untouched.
-        norm = policy.clip_grad_norm(net.parameters(), cfg.grad_clip)  # global norm, also when sharded
-        bad = all_reduce(bad + float(not torch.isfinite(norm)), device)
-        if bad:
-            print(f"warning: non-finite loss or gradient (norm {float(norm)}): step skipped", flush=True)
-            skipped += 1
-        else:
-            optimizer.step()
-        state_bytes = policy.local_state_bytes(net, optimizer)  # weights + grads + AdamW, this rank
-        optimizer.zero_grad(set_to_none=True)
+        m, n, bad = mini_batch_backward(tr, rows, part, adv, old_lp, ref, cfg, pad_id)
+        for k, v in m.items():
+            metrics[k] = metrics.get(k, 0.0) + v
+        n_metrics += n
+        norm, was_skipped = optimizer_step(tr, cfg, bad)
+        skipped += was_skipped
     if skipped < len(parts):
-        scheduler.step()  # the schedule counts batches that updated the weights
+        tr.scheduler.step()  # the schedule counts batches that updated the weights
     return {**{k: v / max(n_metrics, 1) for k, v in metrics.items()},
-            "grad_norm": float(norm), "skipped_steps": float(skipped),  # norm of the last mini-batch
-            "state_gib": state_bytes / 2**30}
+            "grad_norm": norm, "skipped_steps": float(skipped),  # norm of the last mini-batch
+            "state_gib": tr.state_bytes / 2**30}
 
 
-def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: int, device):
-    """Steps 1-5: generation rounds until the global batch holds cfg.prompts_per_step prompts with a
-    learning signal (or cfg.max_gen_rounds is reached).
-
-    Returns this rank's kept Rows; light records (group, task, reward, length, truncated, format_ok)
-    of every generated row and of the kept rows, all ranks, in one global order; the positions of
-    this rank's kept rows in that order; and timings.
-    """
-    need, parts, light_all, kept_light, my_pos = cfg.prompts_per_step, [], [], [], []
-    times = {"dropped": 0}
-    for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling else 1):
-        samples = batches.next_batch()                                           # step 1
-        ids, samples, counts = data.encode_prompts(samples, tok, cfg.max_prompt_tokens,
-                                                   truncate=cfg.truncate_prompts)
-        times["dropped"] += counts.get("dropped_too_long", 0)
-        seed = hash((cfg.seed, step, rnd, rank)) % 2**31  # reproducible, distinct per rank
-        rows, t = (sample_and_score(sampler, tok, samples, ids, cfg, eos_ids, seed, (step, rnd, rank),
-                                    cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-                   if samples else (Rows.cat([]), {}))                           # steps 2-3
-        for k, v in t.items():
-            times[k] = times.get(k, 0) + v
-        light = list(zip(rows.groups, rows.tasks, rows.rewards, rows.mask.sum(1).tolist(),
-                         rows.truncated, rows.format_ok))
-        all_light = gather(light)                                                # step 4
-        keep = pick_groups([([x[0] for x in l], [x[2] for x in l]) for l in all_light],
-                           need, cfg.dynamic_sampling)                           # step 5
-        for r, idx in enumerate(keep):
-            for i in idx:
-                if r == rank:
-                    my_pos.append(len(kept_light))
-                kept_light.append(all_light[r][i])
-        parts.append(rows.select(keep[rank]))
-        light_all += [x for l in all_light for x in l]
-        need = cfg.prompts_per_step - len({x[0] for x in kept_light})
-        if need <= 0:
-            break
-    times["dropped"] = all_reduce(times["dropped"], device)
-    if not light_all:
-        sys.exit(f"step {step}: no prompt left to generate from ({int(times['dropped'])} dropped as longer "
-                 f"than --max-prompt-tokens {cfg.max_prompt_tokens}; try --truncate-prompts)")
-    return Rows.cat(parts), light_all, kept_light, my_pos, times
+def sync_sampler(sampler: nn.Module, model: nn.Module):
+    """Copy the trainer's weights into the sampler (a no-op when they are one model: CPU, no fsdp);
+    under fsdp each parameter is gathered from its shards, already in the sampler's dtype."""
+    if sampler is not model:
+        policy.sync_sampler(sampler, model)
 
 
 # -----------------------------------------------------------------------------
 # Evaluation: one sample per prompt at T=0.6, top_p=0.95 (the paper's validation setting)
 
+EVAL_SEED_STRIDE = 7919  # a prime: rank r samples with seed + 7919*(r+1) (+ chunk offset), apart from training seeds
+
+
 def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int, world: int) -> dict:
-    """Per-task mean score over `samples` (sharded across ranks), as {"eval/<task>": mean}."""
+    """Per-task mean score over `samples` (sharded across ranks): {"eval/<task>": mean, "eval/mean":
+    mean of the task means, "eval_n/<task>": prompts scored}. Generated in chunks of as many rows as a
+    training round, so the progress bar (rank 0, over prompts) moves on long evaluations."""
+    from tqdm import tqdm
     mine = list(range(rank, len(samples), world))
+    chunk = max(1, (cfg.gen_prompts or cfg.prompts_per_step) * cfg.group_size // world)
+    bar = tqdm(total=len(samples), desc="eval", unit="prompt", disable=rank != 0, leave=cfg.eval_only,
+               dynamic_ncols=True)
     scores = []
-    if mine:
-        rows, _ = sample_and_score(model, tok, [samples[i] for i in mine], [prompt_ids[i] for i in mine],
-                                   cfg, eos_ids, cfg.seed + 7919 * (rank + 1), ("eval", rank), 1,
+    for c in range(0, len(mine), chunk):
+        idx = mine[c:c + chunk]
+        seed = cfg.seed + EVAL_SEED_STRIDE * (rank + 1) + c  # + c: each chunk its own stream
+        rows, _ = sample_and_score(model, tok, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
+                                   cfg, eos_ids, seed, ("eval", rank, c), 1,
                                    0.6, 0.95, cfg.eval_max_new_tokens or cfg.max_new_tokens)
-        scores = list(zip(rows.tasks, rows.rewards))
+        scores += zip(rows.tasks, rows.rewards)
+        bar.update(min(len(idx) * world, bar.total - bar.n))  # every rank works on a chunk this size
+    bar.close()
     by_task: dict = {}
     for part in gather(scores):
         for task, s in part:
             by_task.setdefault(task, []).append(s)
     out = {f"eval/{k}": sum(v) / len(v) for k, v in sorted(by_task.items())}
     out["eval/mean"] = sum(out.values()) / max(len(out), 1)
-    return out
+    return {**out, **{f"eval_n/{k}": len(v) for k, v in sorted(by_task.items())}}
 
 
 # -----------------------------------------------------------------------------
 # Metrics of one step (rank 0 writes them to metrics.jsonl)
 
-def step_metrics(light: list, kept_light: list, adv: torch.Tensor, cfg: Config) -> dict:
-    """Per-task and overall reward statistics from the gathered per-row records.
+def step_metrics(generated: list, kept: list, adv: torch.Tensor, cfg: Config) -> dict:
+    """Per-task and overall reward statistics from the gathered Records.
 
-    light: (group, task, reward, length, truncated, format_ok) of every generated row, all ranks.
-    kept_light: the same for the rows kept for training, in the order of `adv`.
+    generated: every generated row, all ranks. kept: the rows kept for training, in the order of `adv`.
     """
     m: dict = {}
-    tasks = sorted({t for _, t, *_ in light})
+    tasks = sorted({x.task for x in generated})
     for task in tasks + ["all"]:
-        rs = [x for x in light if task in ("all", x[1])]
-        vals = [x[2] for x in rs]
+        rs = [x for x in generated if task in ("all", x.task)]
+        vals = [x.reward for x in rs]
         mean = sum(vals) / len(vals)
         m[f"reward/{task}/mean"] = mean
         m[f"reward/{task}/std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
         groups: dict = {}
-        for g, _, r, *_ in rs:
-            groups.setdefault(g, []).append(r)
+        for x in rs:
+            groups.setdefault(x.group, []).append(x.reward)
         m[f"zero_var_frac/{task}"] = sum(max(v) == min(v) for v in groups.values()) / len(groups)
-        m[f"response_len/{task}"] = sum(x[3] for x in rs) / len(rs)
-        m[f"truncated_frac/{task}"] = sum(x[4] for x in rs) / len(rs)
-        m[f"format_ok_frac/{task}"] = sum(x[5] for x in rs) / len(rs)
-        kept = [i for i, x in enumerate(kept_light) if task in ("all", x[1])]
-        if kept:
-            k = torch.tensor(kept)
-            m[f"pos_adv_frac/{task}"] = float((adv[k] > 0).float().mean())
-            r = torch.tensor([kept_light[i][2] for i in kept], dtype=torch.float64)
-            g = [kept_light[i][0] for i in kept]
-            p = tmn.group_stats(r, g, [kept_light[i][1] for i in kept], cfg.alpha)["pass_rate"]
+        m[f"response_len/{task}"] = sum(x.length for x in rs) / len(rs)
+        m[f"truncated_frac/{task}"] = sum(x.truncated for x in rs) / len(rs)
+        m[f"format_ok_frac/{task}"] = sum(x.format_ok for x in rs) / len(rs)
+        idx = [i for i, x in enumerate(kept) if task in ("all", x.task)]
+        if idx:
+            m[f"pos_adv_frac/{task}"] = float((adv[torch.tensor(idx)] > 0).float().mean())
+            k = [kept[i] for i in idx]
+            r = torch.tensor([x.reward for x in k], dtype=torch.float64)
+            p = tmn.group_stats(r, [x.group for x in k], [x.task for x in k], cfg.alpha)["pass_rate"]
             m[f"pass_rate/{task}"] = float(p.mean())  # mean over prompts of p_x
     m["difficulty/mean_pass_rate"] = m.pop("pass_rate/all", float("nan"))
-    m["kept_prompts"] = len({x[0] for x in kept_light})
+    m["kept_prompts"] = len({x.group for x in kept})
     return m
 
 
+def speed_metrics(batch: Batch, rows: Rows, update_s: float, device) -> dict:
+    """Seconds per phase (slowest rank), tokens per second and peak memory of one step.
+
+    Two collectives with fixed-length lists, the same on every rank whatever its data (issue 9)."""
+    dropped, nonfinite, gen_tokens, train_tokens = all_reduce_list(
+        [batch.dropped, batch.nonfinite, batch.gen_tokens, sum(len(p) for p in rows.prompts) + int(rows.mask.sum())],
+        device)
+    rollout_s, reward_s, update_s = all_reduce_list(
+        [batch.times["rollout_s"], batch.times["reward_s"], update_s], device, dist.ReduceOp.MAX)
+    return {"dropped_too_long": dropped, "nonfinite_rewards": nonfinite,
+            "rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s,
+            "gen_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
+            "update_tokens_per_s": train_tokens / max(update_s, 1e-9),
+            "peak_mem_gib": (torch.cuda.max_memory_allocated() if device.type == "cuda" else
+                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30}
+
+
+def log_step(bar, m: dict, names: list):
+    """One line per step on rank 0 (step_line below), and the progress bar's postfix."""
+    bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
+    bar.write(step_line(m, names))
+
+
 # -----------------------------------------------------------------------------
-# The main loop
+# What the user reads: the config, one line per step, the evaluation table, the end-of-run summary
+
+# Short labels of the nine tasks in the step line (the README lists them); metrics.jsonl keeps full names.
+TASK_LABELS = {"precise_retrieval": "ret", "comprehension": "mcq", "exhaustive_retrieval": "exh",
+               "numerical_reasoning": "num", "structured_extraction": "tab", "structured_matching": "match",
+               "graded_ranking": "rank", "sequence_ordering": "order", "summarization": "summ"}
+
+
+def task_order(names) -> list:
+    """Task names in the README's order (data.TASK_NAMES), any other name after them."""
+    known = [t for t in data.TASK_NAMES if t in names]
+    return known + sorted(set(names) - set(known))
+
+
+def config_text(cfg: Config, saved_to) -> str:
+    """The fields that differ from the defaults as aligned `key = value` lines, and where all are."""
+    default = Config()
+    diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(default, k)}
+    where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
+    if not diff:
+        return f"config: the defaults ({where})"
+    w = max(map(len, diff))
+    return f"config, fields not at their default ({where}):\n" + "\n".join(
+        f"  {k:<{w}} = {v!r}" for k, v in diff.items())
+
+
+def step_line(m: dict, names: list) -> str:
+    """One line per training step: reward overall and per task ("-": not in this step's batch)."""
+    per = " ".join(f"{TASK_LABELS.get(t, t)} " + (f"{m[f'reward/{t}/mean']:.2f}" if f"reward/{t}/mean" in m else "-")
+                   for t in names)
+    return (f"step {m['step']}: reward {m['reward/all/mean']:.3f} | {per} | kept {m['kept_prompts']}"
+            f" | clipfrac {m.get('pg_clipfrac', 0):.3f} | rollout {m.get('rollout_s', 0):.1f}s"
+            f" update {m['update_s']:.1f}s")
+
+
+def eval_table(m: dict) -> str:
+    """Evaluation result per task as a small table (prompts scored, mean score)."""
+    names = task_order([k.split("/")[1] for k in m if k.startswith("eval_n/")])
+    rows = [(t, m[f"eval_n/{t}"], m[f"eval/{t}"]) for t in names]
+    rows.append(("mean over tasks", sum(r[1] for r in rows), m["eval/mean"]))
+    w = max(len(r[0]) for r in rows)
+    return "\n".join([f"  {'task':<{w}}  prompts  score"] +
+                     [f"  {t:<{w}}  {n:>7}  {v:.3f}" for t, n, v in rows])
+
+
+def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
+    """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
+    (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
+    leaves most tasks out of most steps), and where the metrics, the checkpoint and the plot are."""
+    if not lines:
+        return "no training step ran"
+    span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
+    avg = lambda pts: f"{sum(v for _, v in pts) / len(pts):.3f} (step{'s' * (len(pts) > 1)} {span(pts)})"
+    curves = checkpoint.reward_curves(lines)                  # {task: [(step, mean reward), ...]}
+    rows = []
+    for t in task_order(set(curves) - {"all"}) + ["all"]:
+        pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
+        rows.append((t, f"{avg(pts[:k])} -> {avg(pts[-k:])}" if pts else "-"))
+    w = max(len(t) for t, _ in rows)
+    ckpt = checkpoint.latest_checkpoint(out_dir)
+    size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
+    return "\n".join(
+        [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
+         "  mean reward per task, its first -> its last (up to 5) steps:"] +
+        [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
+        [f"  metrics:    {out_dir / 'metrics.jsonl'}",
+         f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
+         f"  plot:       {out_dir / 'rewards.png'}" if plotted else
+         f"  plot:       python train.py --plot --out-dir {out_dir}   (needs matplotlib)"])
+
+
+# -----------------------------------------------------------------------------
+# The run folder: what this command does with it
+
+def plot_only(cfg: Config, out_dir: Path) -> bool:
+    """--plot on a folder that holds a run, with neither --resume nor --overwrite: draw it, train nothing."""
+    return cfg.plot and not (cfg.resume or cfg.overwrite or cfg.eval_only) and bool(checkpoint.holds_run(out_dir))
+
+
+def prepare_run_dir(cfg: Config, out_dir: Path, rank: int, log) -> Path | None:
+    """Before the model loads: refuse a folder holding a run (exit 2) unless --resume/--overwrite,
+    clear it on --overwrite, write the full config to out_dir/config.json. Returns that path; None
+    for --eval-only, which only adds to evals.jsonl."""
+    if cfg.eval_only:
+        return None
+    checkpoint.check_run_dir(out_dir, cfg.resume, cfg.overwrite)
+    path = out_dir / "config.json"
+    if rank == 0:
+        if cfg.overwrite and (gone := checkpoint.clear_run_dir(out_dir)):
+            log(f"--overwrite: deleted {', '.join(gone)} from {out_dir}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
+    if dist.is_initialized():
+        dist.barrier()  # no rank looks into out_dir before rank 0 has cleared it
+    return path
+
+
+def weights_to_load(cfg: Config, out_dir: Path, log):
+    """The checkpoint folder to start from (--resume) or to evaluate (--eval-only: --checkpoint, else
+    out_dir's newest), or None for the base model."""
+    if cfg.checkpoint:
+        if not (Path(cfg.checkpoint) / "config.json").exists():
+            sys.exit(f"--checkpoint {cfg.checkpoint}: not a model folder (no config.json there)")
+        return Path(cfg.checkpoint)
+    if not (cfg.resume or cfg.eval_only):
+        return None
+    ckpt = checkpoint.latest_checkpoint(out_dir, log)  # damaged ones skipped, and said
+    if ckpt:
+        log(f"{'evaluating' if cfg.eval_only else 'resuming from'} {ckpt}")
+    elif cfg.eval_only:
+        log(f"--eval-only: no checkpoint in {out_dir}; evaluating the base model {cfg.model or 'SmolLM2-135M'}")
+    else:
+        log(f"--resume: no intact checkpoint in {out_dir}; fresh start")
+    return ckpt
+
+
+def checkpoint_step(ckpt) -> int | None:
+    """The training step of a checkpoint folder from its name (step_000012 -> 12); 0 for the base
+    model (None); None for a folder not named by save_checkpoint."""
+    if ckpt is None:
+        return 0
+    name = Path(ckpt).name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+
+
+# -----------------------------------------------------------------------------
+# Setup: data, model, optimizer
 
 def load_data(cfg: Config, tok) -> tuple[list, list]:
     """(training samples, evaluation samples): the JSONL files given, or tasks built from the
-    built-in documents with the first cfg.eval_per_task of each task type held out."""
-    if cfg.data:
-        train_set = data.load_jsonl(cfg.data)
+    built-in documents with the first cfg.eval_per_task of each task type held out.
+    --eval-only builds or reads the evaluation samples only (built sample i of a task depends on
+    (seed, task, i) alone, so building eval_per_task of each gives the same held-out split)."""
+    if cfg.eval_only:
+        if cfg.eval_data:
+            return [], data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources,
+                                       skip_bad_golds=cfg.skip_bad_golds)
+        if cfg.data:
+            sys.exit("--eval-only with --data needs --eval-data: a JSONL training set has no held-out split")
+        return [], tasks.build_tasks(tasks.load_documents(), tok, cfg.eval_per_task, cfg.context_tokens, cfg.seed)
+    if cfg.data:  # skipped records are counted and logged by load_jsonl
+        train_set = data.load_jsonl(cfg.data, skip_unknown=cfg.skip_unknown_sources,
+                                    skip_bad_golds=cfg.skip_bad_golds)
         eval_set = []
     else:
-        built = data.build_tasks(data.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
-                                 cfg.context_tokens, cfg.seed)
+        built = tasks.build_tasks(tasks.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
+                                  cfg.context_tokens, cfg.seed)
         held: dict = {}
         train_set, eval_set = [], []
         for s in built:
             held[s.task] = held.get(s.task, 0) + 1
             (eval_set if held[s.task] <= cfg.eval_per_task else train_set).append(s)
     if cfg.eval_data:
-        eval_set = data.load_jsonl(cfg.eval_data)
+        eval_set = data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources,
+                                   skip_bad_golds=cfg.skip_bad_golds)
     if not train_set and not cfg.eval_only:
         sys.exit(f"no training samples (data: {cfg.data or 'built-in tasks'}): nothing to train on")
     return train_set, eval_set
 
 
-def main(argv=None):
-    """Train (or evaluate) as the config says; returns the trained Hugging Face model."""
-    cfg = parse_config(argv)
-    rank, world, device = setup_distributed()
-    log = print if rank == 0 else (lambda *a, **k: None)
-    log("config: " + json.dumps(dataclasses.asdict(cfg)))
-    out_dir = Path(cfg.out_dir)
-    torch.manual_seed(cfg.seed + rank)  # sampling seeds below are explicit; this covers the rest
-    random.seed(cfg.seed + rank)
-
-    # --- model and tokenizer (rank 0 converts the embedded default once, the others wait) ---------
+def load_policy(cfg: Config, ckpt, rank: int, device, log):
+    """(tokenizer, trainer model, sampler, frozen reference or None, EOS ids). Rank 0 converts the
+    embedded default once, the others wait."""
     from transformers import AutoTokenizer
     if not cfg.model and rank == 0:
         policy.embedded_model_dir()
     if dist.is_initialized():
         dist.barrier()
     base = cfg.model or str(policy.embedded_model_dir())
-    ckpt = checkpoint.latest_checkpoint(out_dir) if cfg.resume else None
-    if cfg.resume:
-        log(f"resuming from {ckpt}" if ckpt else f"--resume: no complete checkpoint in {out_dir}; fresh start")
     tok = AutoTokenizer.from_pretrained(str(ckpt or base), trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = policy.load_model(str(ckpt or base), device, cfg.trust_remote_code, log)
+    checkpoint.check_saveable(model, log)  # now, not after training (issue 15 item 3)
     eos_ids = policy.eos_token_ids(tok, model)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()  # non-reentrant: works under DDP
@@ -506,62 +912,98 @@ def main(argv=None):
     # update; flash-attn kernels need bf16 and the trainer keeps float32 master weights. On CPU the
     # sampler is the model itself, except under fsdp (a sharded model cannot generate alone): a float32
     # copy. Their numeric mismatch is what the rollout IS weights correct.
-    fsdp = cfg.shard == "fsdp" and world > 1
-    sampler = (policy.make_sampler(model, torch.bfloat16 if device.type == "cuda" else torch.float32)
-               if device.type == "cuda" or fsdp else model)
+    if device.type == "cuda" or sharded(cfg):
+        sampler = policy.make_sampler(model, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    else:
+        sampler = model
     ref = None
-    if cfg.kl_coef > 0:
+    if cfg.kl_coef > 0 and not cfg.eval_only:
         ref_lm = policy.load_model(base, device, cfg.trust_remote_code, log).eval().requires_grad_(False)
         ref = policy.Policy(ref_lm, cfg.temperature, cfg.logprob_chunk)
+    return tok, model, sampler, ref, eos_ids
 
-    # --- data ---------------------------------------------------------------------------------------
-    train_set, eval_set = load_data(cfg, tok)
-    log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
-        f"tasks: {sorted({s.task for s in train_set})}")
-    eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
-                                                truncate=cfg.truncate_prompts)
-    batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
-                                 cfg.seed, balanced=cfg.task_balanced)
 
-    # --- DDP or FSDP2, then the optimizer (under fsdp it must see the sharded parameters), schedule --
+def sharded(cfg: Config) -> bool:
+    """--shard fsdp over more than one process (one process has nothing to shard)."""
+    return cfg.shard == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def make_trainer(model, cfg: Config, world: int, device, log=print) -> Trainer:
+    """DDP or FSDP2 around the policy when world > 1 (policy.wrap), then AdamW (under fsdp it must
+    see the sharded parameters) with linear warmup then constant."""
     net = policy.Policy(model, cfg.temperature, cfg.logprob_chunk)
     wrapped = policy.wrap(net, cfg.shard, device, world, log)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(cfg.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(net, wrapped, optimizer, scheduler, world, device)
 
-    def run_eval(step):
-        m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
-        log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
+
+# -----------------------------------------------------------------------------
+# The main loop
+
+def main(argv=None):
+    """Train (or evaluate, or only plot) as the config says; returns the Hugging Face model."""
+    cfg = parse_config(argv)
+    rank, world, device = setup_distributed()
+    log = print if rank == 0 else (lambda *a, **k: None)
+    out_dir, t_start = Path(cfg.out_dir), time.perf_counter()
+    if plot_only(cfg, out_dir):
+        log(f"--plot: {out_dir} holds a run; drawing it, no training (--resume or --overwrite to train)")
         if rank == 0:
+            checkpoint.plot_rewards(out_dir)
+        return None
+    if cfg.plot:
+        checkpoint.require_matplotlib()  # now, not after the training
+    log(config_text(cfg, prepare_run_dir(cfg, out_dir, rank, log)))
+    torch.manual_seed(cfg.seed + rank)  # sampling seeds below are explicit; this covers the rest
+    random.seed(cfg.seed + rank)
+
+    ckpt = weights_to_load(cfg, out_dir, log)
+    tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
+    train_set, eval_set = load_data(cfg, tok)
+    log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
+        f"tasks: {sorted({s.task for s in train_set or eval_set})}")
+    eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
+                                                truncate=cfg.truncate_prompts)
+
+    def run_eval(step, weights=None):
+        m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
+        log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
             with open(out_dir / "evals.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **m}) + "\n")
+                f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m}))
         return m
+
+    if cfg.eval_only:  # no training batches, optimizer or DDP needed
+        if not eval_set:
+            sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
+        log(eval_table(run_eval(checkpoint_step(ckpt), str(ckpt or cfg.model or policy.embedded_model_dir()))))
+        return model
+    batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
+                                 cfg.seed, balanced=cfg.task_balanced)
+    tr = make_trainer(model, cfg, world, device, log)
 
     state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True) if ckpt else None
     start = state["step"] if state else 0
-    if cfg.eval_only:
-        run_eval(start)
-        return model
     if state:
-        if state["optimizer"] is None:  # an fsdp checkpoint: AdamW shards in optimizer/ (any --shard)
-            checkpoint.load_sharded_optimizer(ckpt / "optimizer", net, optimizer)
-        elif fsdp:  # a ddp checkpoint's optimizer is keyed by index over whole tensors
-            log("resuming a ddp checkpoint under --shard fsdp: the weights, schedule, data order and "
-                "random state continue; AdamW's moments restart from zero")
+        if "optimizer" in state and sharded(cfg):  # indexed whole tensors; fsdp holds named shards
+            log(f"{ckpt} is a ddp checkpoint, resumed under --shard fsdp: the weights, schedule, data "
+                "order and random state continue; AdamW's moments restart from zero")
+        elif "optimizer" in state:
+            tr.optimizer.load_state_dict(state["optimizer"])
+        elif (ckpt / "optimizer").is_dir():  # an fsdp checkpoint's AdamW shards (any --shard reads them)
+            checkpoint.load_sharded_optimizer(ckpt / "optimizer", tr.net, tr.optimizer)
         else:
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+            log(f"{ckpt} was saved with --no-save-optimizer: AdamW's moments restart from zero")
+        tr.scheduler.load_state_dict(state["scheduler"])
         batches.load_state_dict(state["data"])
         if len(state["rng"]) == world:
             checkpoint.set_rng_state(state["rng"][rank])
     metrics_path = out_dir / "metrics.jsonl"
-    if rank == 0:
-        old = open(metrics_path).read().splitlines() if metrics_path.exists() and start else []
-        with open(metrics_path, "w") as f:  # keep only the steps the checkpoint had seen
-            f.writelines(l + "\n" for l in old if json.loads(l).get("step", 0) <= start)
+    if rank == 0:  # keep only the steps the checkpoint had seen; damaged lines set aside, never lost
+        checkpoint.resume_metrics(metrics_path, start, log)
 
     from tqdm import tqdm
     bar = tqdm(range(start + 1, cfg.steps + 1), disable=rank != 0, desc="train", dynamic_ncols=True)
@@ -569,57 +1011,45 @@ def main(argv=None):
         t_step = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        # --- steps 1-5: generate rounds until the batch is full of prompts with a learning signal --
-        mine, light_all, kept_light, my_pos, times = collect_batch(step, cfg, batches, sampler, tok,
-                                                                   eos_ids, rank, device)
-        m = {"step": step, "lr": scheduler.get_last_lr()[0], "dropped_too_long": times.pop("dropped"),
-             "generated_prompts": len({x[0] for x in light_all})}
-        # --- step 6: advantages over the global kept batch ---------------------------------------
-        adv = advantages([x[2] for x in kept_light], [x[0] for x in kept_light],
-                         [x[1] for x in kept_light], cfg) if kept_light else torch.zeros(0)
-        m.update(step_metrics(light_all, kept_light, adv, cfg))
-        # --- steps 7-9: the update ---------------------------------------------------------------
-        t_up = time.perf_counter()
-        if kept_light:
-            m.update(update(net, wrapped, optimizer, scheduler, mine, adv[my_pos], ref, cfg, world,
-                            device, tok.pad_token_id))
-            if sampler is not model:
-                policy.sync_sampler(sampler, model)  # weight sync trainer -> sampler (gathers under fsdp)
+        lr = tr.scheduler.get_last_lr()[0]
+        batch = collect_batch(step, cfg, batches, sampler, tok, eos_ids, rank, device)    # steps 1-5
+        adv = advantages(batch.kept, cfg)                                                 # step 6
+        m = {"step": step, "lr": lr, "generated_prompts": len({x.group for x in batch.generated}),
+             **step_metrics(batch.generated, batch.kept, adv, cfg)}
+        t_update = time.perf_counter()
+        if batch.kept:
+            # the shared-prefix attention stays selected through backward: checkpointing recomputes
+            with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
+                m.update(update(tr, batch.mine, adv[batch.my_pos], ref, cfg, tok.pad_token_id))  # 7-9
+            sync_sampler(sampler, model)
         else:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
                 "(no learning signal); no update this step")
-        times["update_s"] = time.perf_counter() - t_up
-        train_tokens = all_reduce(sum(len(p) for p in mine.prompts) + int(mine.mask.sum()), device)
-        m.update({k: all_reduce(v, device, dist.ReduceOp.MAX) for k, v in times.items() if k.endswith("_s")})
-        m["gen_tokens_per_s"] = all_reduce(times.get("gen_tokens", 0), device) / max(m.get("rollout_s", 0), 1e-9)
-        m["update_tokens_per_s"] = train_tokens / max(times["update_s"], 1e-9)
+        m.update(speed_metrics(batch, batch.mine, time.perf_counter() - t_update, device))
         m["step_s"] = time.perf_counter() - t_step
-        m["peak_mem_gib"] = (torch.cuda.max_memory_allocated() if device.type == "cuda" else
-                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
         if cfg.eval_every and step % cfg.eval_every == 0:
             m.update(run_eval(step))
         if rank == 0:
             with open(metrics_path, "a") as f:
-                f.write(json.dumps(m) + "\n")
-            tasks = sorted(k.split("/")[1] for k in m if k.startswith("reward/") and k.endswith("/mean") and "/all/" not in k)
-            bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
-            bar.write(f"step {step}: reward {m['reward/all/mean']:.3f} | " +
-                      " ".join(f"{t[:12]} {m[f'reward/{t}/mean']:.2f}" for t in tasks) +
-                      f" | kept {m['kept_prompts']} | clipfrac {m.get('pg_clipfrac', 0):.3f}"
-                      f" | rollout {m.get('rollout_s', 0):.1f}s update {m['update_s']:.1f}s")
+                f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
+            log_step(bar, m, task_order({s.task for s in train_set}))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
             rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
             weights = policy.full_state_dict(model, rank)  # fsdp: gathered to rank 0; ddp: None
-            optim_dir = checkpoint.save_sharded_optimizer(out_dir, step, net, optimizer, rank) if fsdp else None
+            optim_dir = (checkpoint.save_sharded_optimizer(out_dir, step, tr.net, tr.optimizer, rank)
+                         if sharded(cfg) and cfg.save_optimizer else None)  # fsdp: every rank its shards
             if rank == 0:
-                checkpoint.save_checkpoint(out_dir, step, model, tok, optimizer, scheduler, batches,
+                whole = tr.optimizer if cfg.save_optimizer and not sharded(cfg) else None
+                checkpoint.save_checkpoint(out_dir, step, model, tok, whole, tr.scheduler, batches,
                                            cfg.keep_last, rngs, weights, optim_dir)
             if dist.is_initialized():
                 dist.barrier()
     if rank == 0:
-        log(f"metrics: {metrics_path}; checkpoint: {checkpoint.latest_checkpoint(out_dir)}")
         if cfg.plot:
             checkpoint.plot_rewards(out_dir)
+        lines = [json.loads(l) for l in open(metrics_path)]
+        log(run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], time.perf_counter() - t_start,
+                        out_dir, cfg.plot))
     if dist.is_initialized():
         dist.destroy_process_group()
     return model
