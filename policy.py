@@ -11,6 +11,7 @@ the response tokens: per row (the reference) or with each prompt shared by its g
 
     python -m pytest -q test_policy.py       # shared == per-row: log-probs, gradients, split groups
     python bench.py --only prefix            # forward+backward time and memory, per-row vs shared
+    python policy.py                         # per-GPU memory, ddp vs fsdp (README, FSDP2 section)
 
 train.py and tasks.py both import this file, so the two agree on the model and on where a
 response ends (issue 13: no import cycle, one set of EOS ids).
@@ -566,3 +567,42 @@ def local_state_bytes(model: nn.Module, optimizer) -> int:
         total += sum(local(s).nbytes for s in optimizer.state.get(p, {}).values()
                      if isinstance(s, torch.Tensor) and s.dim() > 0)  # Adam: exp_avg, exp_avg_sq
     return total
+
+
+# Memory per GPU, by arithmetic (README "Scaling past one GPU: FSDP2"; `python policy.py` prints it)
+QWEN3 = {  # hidden, layers, heads, kv heads, MLP width, tied embedding (Qwen3 config.json files)
+    "Qwen3-0.6B": (1024, 28, 16, 8, 3072, True), "Qwen3-1.7B": (2048, 28, 16, 8, 6144, True),
+    "Qwen3-4B": (2560, 36, 32, 8, 9728, True), "Qwen3-8B": (4096, 36, 32, 8, 12288, False),
+}
+
+
+def qwen3_params(name: str) -> int:
+    """Parameter count of a Qwen3 size, from the real module built on the meta device (no memory)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    h, n, heads, kv, inter, tied = QWEN3[name]
+    cfg = Qwen3Config(vocab_size=151936, hidden_size=h, num_hidden_layers=n, num_attention_heads=heads,
+                      num_key_value_heads=kv, head_dim=128, intermediate_size=inter, tie_word_embeddings=tied)
+    with torch.device("meta"):
+        return sum(p.numel() for p in Qwen3ForCausalLM(cfg).parameters())
+
+
+def gb_per_gpu(params: int, shard: str, world: int, accumulate: bool) -> dict:
+    """GB (1e9 bytes) per GPU before activations and the rollout KV cache, P = params, N = world:
+    float32 weights + grads + AdamW's two moments 16P (ddp) or 16P/N (fsdp), the bf16 sampler 2P,
+    and under fsdp with several micro-batches per optimizer step (one reduce-scatter per step,
+    grad_sync) the unsharded float32 gradients held between micro-batches, 4P."""
+    states = 16 * params / (world if shard == "fsdp" else 1)
+    acc = 4 * params if shard == "fsdp" and accumulate and world > 1 else 0
+    return {"states": states / 1e9, "sampler": 2 * params / 1e9, "accumulation": acc / 1e9,
+            "total": (states + 2 * params + acc) / 1e9}
+
+
+if __name__ == "__main__":
+    print("| model | params | 1 GPU | ddp N=8 / 16 | fsdp N=8 | fsdp N=16 | fsdp N=8, accumulating | "
+          "fsdp N=16, accumulating |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in QWEN3:
+        P = qwen3_params(name)
+        cells = [gb_per_gpu(P, "ddp", 1, False), gb_per_gpu(P, "ddp", 8, False)]
+        cells += [gb_per_gpu(P, "fsdp", n, acc) for acc in (False, True) for n in (8, 16)]
+        print(f"| {name} | {P / 1e9:.2f}B | " + " | ".join(f"{c['total']:.1f}" for c in cells) + " |")
