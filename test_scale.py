@@ -1,0 +1,173 @@
+"""train.py at scale, tested on CPU: collectives that match across ranks whatever the data, too-long
+prompts dropped at load, balanced kept rows, the paper recipe's sizes, the memory estimate, and an
+update that would blow up the weights.
+
+    OMP_NUM_THREADS=1 python -m pytest -q test_scale.py
+
+The 2-rank runs use gloo and a tiny random Qwen3 (fixtures shared with test_train.py); each takes
+well under a minute.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import train
+from test_train import ROOT, args, free_port, metrics, tiny  # noqa: F401  (tiny is a fixture)
+
+# -----------------------------------------------------------------------------
+# Issue 9 item 2: every collective runs the same number of times, in the same order, on every rank
+
+RECORDING_DRIVER = """
+import json, os, sys, torch
+import torch.distributed as dist
+sys.path.insert(0, {root!r})
+import data, rewards, train
+
+rank = int(os.environ.get("RANK", "0"))
+calls = []  # (collective, tensor shape or None, op) in call order, this rank
+
+def recorded(name, fn):
+    def wrapped(*a, **k):
+        t = next((x for x in a if isinstance(x, torch.Tensor)), None)
+        calls.append([name, list(t.shape) if t is not None else None, str(k.get("op", ""))])
+        return fn(*a, **k)
+    return wrapped
+
+for name in ("all_reduce", "all_gather", "all_gather_object", "broadcast", "broadcast_object_list",
+             "barrier", "reduce", "gather_object", "scatter_object_list", "reduce_scatter", "all_to_all",
+             "send", "recv"):
+    setattr(dist, name, recorded(name, getattr(dist, name)))
+
+# DDP all-reduces gradients from C++; a communication hook sees each bucket it sends
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+real_init = torch.nn.parallel.DistributedDataParallel.__init__
+def ddp_init(self, *a, **k):
+    real_init(self, *a, **k)
+    def hook(state, bucket):
+        calls.append(["ddp_bucket", [bucket.buffer().numel()], ""])
+        return allreduce_hook(state, bucket)
+    self.register_comm_hook(None, hook)
+torch.nn.parallel.DistributedDataParallel.__init__ = ddp_init
+
+# Uneven data: rank 1 draws no prompt in step 1 (both rounds) and its groups never vary (it keeps no row:
+# dummy backward); rank 0's rewards vary with the response (it keeps rows, several micro-batches).
+if rank == 1:
+    real_next, drawn = data.PromptBatches.next_batch, [0]
+    def next_batch(self):
+        drawn[0] += 1
+        out = real_next(self)
+        return [] if drawn[0] <= 2 else out
+    data.PromptBatches.next_batch = next_batch
+    rewards.score_batch = lambda tasks, texts, answers, **kw: [0.5] * len(texts)
+else:
+    rewards.score_batch = lambda tasks, texts, answers, **kw: [(len(t) % 5) / 4 for t in texts]
+
+train.main(sys.argv[1:])
+out = sys.argv[sys.argv.index("--out-dir") + 1]
+json.dump(calls, open(os.path.join(out, f"collectives_rank{{rank}}.json"), "w"))
+"""
+
+
+def child_pids(pid: int) -> list:
+    """Processes whose parent is `pid` (Linux /proc): torchrun's ranks, which run in sessions of their own."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def torchrun(driver: Path, argv: list, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Two gloo ranks on this machine. A hang fails the test after `timeout` seconds and kills both
+    ranks (output goes to files: an orphaned rank holding a pipe would block the test forever)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={free_port()}", str(driver), *argv]
+    log_out, log_err = cwd / "torchrun.out", cwd / "torchrun.err"
+    with open(log_out, "w") as fo, open(log_err, "w") as fe:
+        p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=fo, stderr=fe)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in child_pids(p.pid):
+                os.kill(pid, signal.SIGKILL)
+            p.kill()
+            p.wait()
+            pytest.fail(f"2-rank run still running after {timeout} s (a hang?):\n{log_err.read_text()[-3000:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, log_out.read_text(), log_err.read_text())
+
+
+def prompt_lengths(tiny, qwen_tokenizer) -> list:
+    return [len(data.chat_ids(qwen_tokenizer, s.prompt)) for s in data.load_jsonl(tiny / "tasks.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def uneven_run(tiny, qwen_tokenizer, tmp_path_factory):
+    """One 2-rank run with uneven data; some prompts of the file are longer than --max-prompt-tokens."""
+    d = tmp_path_factory.mktemp("uneven")
+    driver = d / "driver.py"
+    driver.write_text(RECORDING_DRIVER.format(root=str(ROOT)))
+    lengths = sorted(prompt_lengths(tiny, qwen_tokenizer))
+    limit = lengths[len(lengths) // 2]  # about half the prompts are too long
+    argv = args(tiny, d / "out", "--steps", "2", "--prompts-per-step", "4", "--max-gen-rounds", "2",
+                "--max-prompt-tokens", str(limit), "--micro-batch-tokens", str(limit + 20),
+                "--mini-batches", "2", "--eval-every", "2", "--save-every", "1")
+    proc = torchrun(driver, argv, d)
+    return d / "out", proc, sum(L > limit for L in lengths)
+
+
+def test_uneven_ranks_finish(uneven_run):
+    out, proc, too_long = uneven_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert too_long > 0
+    assert [m["step"] for m in metrics(out)] == [1, 2]
+    assert all(m["dropped_too_long"] == too_long for m in metrics(out))
+
+
+def test_collectives_identical_on_every_rank(uneven_run):
+    out, proc, _ = uneven_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.load(open(out / "collectives_rank0.json"))
+    r1 = json.load(open(out / "collectives_rank1.json"))
+    names = {c[0] for c in r0}
+    assert {"all_reduce", "all_gather_object", "ddp_bucket", "barrier"} <= names, names
+    assert len(r0) == len(r1)
+    for i, (a, b) in enumerate(zip(r0, r1)):
+        assert a == b, (i, a, b)
+
+
+# -----------------------------------------------------------------------------
+# Issue 15 item 4: too-long prompts are dropped and counted at load, never mid-run
+
+def test_too_long_prompts_dropped_at_load(tiny, qwen_tokenizer, tmp_path, monkeypatch, capsys):
+    """One prompt per step from a mix where about half are too long: every step runs (before, a step
+    that drew only too-long prompts ended the run), and the count is reported once, before step 1."""
+    monkeypatch.setattr(train.rewards, "score_batch", lambda tasks, texts, answers, **kw:
+                        [(len(t) % 5) / 4 for t in texts])
+    lengths = prompt_lengths(tiny, qwen_tokenizer)
+    limit = sorted(lengths)[len(lengths) // 2]
+    too_long = sum(L > limit for L in lengths)
+    drawn = []
+    real = data.encode_prompts
+    def spy(samples, tok, max_prompt_tokens, **kw):
+        ids, kept, counts = real(samples, tok, max_prompt_tokens, **kw)
+        drawn.append(counts["dropped_too_long"])
+        return ids, kept, counts
+    monkeypatch.setattr(data, "encode_prompts", spy)
+    train.main(args(tiny, tmp_path, "--steps", "4", "--prompts-per-step", "1", "--max-prompt-tokens", str(limit)))
+    assert 0 < too_long < len(lengths)
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4]
+    assert [m["dropped_too_long"] for m in metrics(tmp_path)] == [too_long] * 4
+    assert f"data: {too_long} of {len(lengths)} training prompts are longer" in capsys.readouterr().out
+    assert sum(drawn) == 0  # no step met a too-long prompt
