@@ -1,7 +1,7 @@
 """Performance claims, each measured side by side with the obvious alternative in one run.
 
     python bench.py                    # every section
-    python bench.py --only rewards     # one section: rewards, rollout, logprobs
+    python bench.py --only rewards     # one section: rewards, rollout, logprobs, prefix, learn
 
 Each section prints a small table and the ratio fast/plain. Numbers depend on the machine: the README
 quotes them with the command and the hardware. No timing threshold lives in the unit tests.
@@ -223,6 +223,95 @@ def bench_logprobs(args):
 
 
 # -----------------------------------------------------------------------------
+# prefix: the training forward+backward with the prompt shared by the group vs one row per response
+
+PREFIX_WORKER = """
+import gc, json, sys, time, torch
+from contextlib import nullcontext
+from types import SimpleNamespace
+sys.path.insert(0, {root!r})
+import grpo, policy
+from transformers import AutoModelForCausalLM
+P, G, R, WAY = {P}, {G}, {R}, {way!r}
+
+def status(key):  # bytes, from /proc/self/status
+    return next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith(key))
+
+lm = AutoModelForCausalLM.from_pretrained(policy.embedded_model_dir(), dtype=torch.float32,
+                                          attn_implementation="sdpa")
+lm.activation_checkpointing_enable()  # as train.py (--grad-checkpointing is on by default)
+lm.train()
+net = policy.Policy(lm, temperature=1.0, chunk=1024)
+forward = policy.forward_logprobs_shared if WAY == "shared" else policy.forward_logprobs
+
+def group(p, r):  # one prompt of p tokens, G responses of r tokens (random ids: timing only)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, lm.config.vocab_size, (p,), generator=g).tolist()
+    return SimpleNamespace(prompts=[prompt] * G, tokens=torch.randint(0, lm.config.vocab_size, (G, r), generator=g),
+                           mask=torch.ones(G, r, dtype=torch.bool))
+
+def step(rows):  # train.update's work for one micro-batch holding the whole group
+    with policy.shared_prefix_setting(lm) if WAY == "shared" else nullcontext():
+        lp = forward(net, rows, list(range(G)), 0, torch.device("cpu"))
+        loss, _ = grpo.policy_loss(lp, lp.detach(), torch.linspace(-1, 1, G), rows.mask, 0.2, 0.28, 3.0,
+                                   None, "token-mean", num_tokens=int(rows.mask.sum()))
+        loss.backward()
+
+step(group(16, 4))  # warm-up: first-call costs, and the gradient buffers (the same for both ways)
+for p in net.parameters():
+    p.grad.zero_()  # kept allocated
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS mark to the current RSS
+base = status("VmRSS:")
+t, cpu = time.perf_counter(), time.process_time()
+step(group(P, R))
+dt, cpu = time.perf_counter() - t, time.process_time() - cpu
+print(json.dumps(dict(seconds=dt, cpu=cpu, peak=status("VmHWM:") - base)))
+"""
+
+
+def bench_prefix(args):
+    """forward + backward of the policy loss for one group on the embedded SmolLM2-135M (fp32, CPU,
+    gradient checkpointing on as in train.py): G=8 responses of R=48 tokens after a prompt of P
+    tokens, per-row (policy.forward_logprobs: G rows [prompt, r_j], G*(P+R) tokens) vs shared
+    (policy.forward_logprobs_shared: one packed [prompt, r_1..r_G], P+G*R tokens); the whole group
+    in one micro-batch both ways. Each measurement runs in a fresh process; peak = growth of peak RSS
+    during the call (as in the rollout section), gradient buffers allocated by a warm-up before, so
+    the column is the activations, masks and temporaries of the forward and backward. The 2K prompt
+    runs first (its ratio is the headline), the load average is printed per row."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.abspath(__file__))
+    G, R, MiB = 8, 48, 2 ** 20
+    print(f"shared-prefix training forward+backward, SmolLM2-135M, G={G}, R={R}, fp32, CPU "
+          f"({os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
+          f"fresh process per row")
+    print(f"{'prompt':>6s} {'way':7s} {'tokens':>7s} {'seconds':>8s} {'CPU s':>7s} {'peak MiB':>9s} {'load':>5s}")
+    res = {}
+    for P in (2048, 1024, 4096):
+        for way in ("per-row", "shared"):
+            code = PREFIX_WORKER.format(root=root, P=P, G=G, R=R, way=way)
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(256 * 1024))
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(f"bench worker P={P} {way} failed:\n{out.stderr[-3000:]}")
+            r = res[P, way] = json.loads(out.stdout.strip().splitlines()[-1])
+            tokens = G * (P + R) if way == "per-row" else P + G * R
+            print(f"{P:6d} {way:7s} {tokens:7d} {r['seconds']:8.2f} {r['cpu']:7.2f} {r['peak'] / MiB:9.1f} "
+                  f"{os.getloadavg()[0]:5.1f}", flush=True)
+    print("\nshared vs per-row: speed = time ratio (higher is better), peak memory ratio (lower is better)")
+    for P in (1024, 2048, 4096):
+        a, b = res[P, "per-row"], res[P, "shared"]
+        print(f"P={P:5d}  tokens x{(P + G * R) / (G * (P + R)):.3f}  speed x{a['seconds'] / b['seconds']:5.2f} "
+              f"(CPU x{a['cpu'] / b['cpu']:5.2f})  peak memory x{b['peak'] / max(a['peak'], 1):5.2f}")
+    a, b = res[2048, "per-row"], res[2048, "shared"]
+    print(f"shared-prefix update: speed x{a['seconds'] / b['seconds']:.2f}, "
+          f"peak memory x{b['peak'] / max(a['peak'], 1):.2f}")
+
+
+# -----------------------------------------------------------------------------
 # learn: does the whole loop learn? The embedded SmolLM2 on an easy exact-match task
 
 WORDS = ["apple", "river", "candle", "forest", "silver", "rocket", "garden", "pepper", "marble",
@@ -256,7 +345,7 @@ def bench_learn(args):
 
 
 SECTIONS = {"rewards": bench_rewards, "rollout": bench_rollout, "logprobs": bench_logprobs,
-            "learn": bench_learn}
+            "prefix": bench_prefix, "learn": bench_learn}
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

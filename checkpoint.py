@@ -1,23 +1,35 @@
-"""The run folder: checkpoints (a Hugging Face folder + trainer state, written atomically, the last K
-kept), the random generators they restore, and the reward plot drawn from metrics.jsonl.
+"""The run folder: checkpoints (a Hugging Face folder + trainer state, written atomically and
+verified before a resume takes one, the last K kept), the random generators they restore,
+metrics.jsonl (strict JSON lines, trimmed safely on resume) and the reward plot drawn from it.
 
     import checkpoint
-    ckpt = checkpoint.latest_checkpoint(Path("runs/default"))   # newest complete one, or None
+    ckpt = checkpoint.latest_checkpoint(Path("runs/default"))   # newest intact one, or None
+    checkpoint.resume_metrics(Path("runs/default/metrics.jsonl"), step=12)   # keep steps 1..12
 
 No collectives here: train.py gathers what every rank must contribute and calls these on rank 0.
 """
 
 import json
+import math
 import os
 import random
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 
 import torch
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: HF folder (safetensors) + trainer state, written atomically, last K kept
+# Checkpoints: HF folder (safetensors) + trainer state, written atomically, verified, last K kept
+
+# The completeness marker: written last into the temporary folder, once every other file is on disk
+# (fsync); then the folder is synced and renamed. It lists each file's size, so a file truncated or
+# emptied later (a full disk, a copy cut short) is caught before a resume reads it.
+MARKER = "complete.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")  # any one will do
+
 
 def rng_state() -> dict:
     s = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
@@ -33,28 +45,191 @@ def set_rng_state(s: dict):
         torch.cuda.set_rng_state(s["cuda"])
 
 
+def fsync_dir(path: Path):
+    """Make a folder's entries (new files, a rename) durable: a power cut after this keeps them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, batches, keep: int,
                     rngs: list):
-    """out_dir/checkpoints/step_000012/{model.safetensors, config.json, tokenizer..., trainer_state.pt}.
-    Written to a temporary folder and renamed, so a crash mid-save leaves the previous one intact.
+    """out_dir/checkpoints/step_000012/{model.safetensors, config.json, tokenizer..., trainer_state.pt,
+    complete.json}. Written to a temporary folder, flushed to disk (fsync), marked complete and renamed,
+    so a crash mid-save leaves the previous one intact (issue 15 item 2).
     Rank 0 only; `rngs` holds every rank's generators (train.py gathers them), restored rank by rank."""
     root = out_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step_{step:06d}", root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "data": batches.state_dict(), "rng": rngs}, tmp / "trainer_state.pt")
+    sizes = {}
+    for p in sorted(x for x in tmp.iterdir() if x.is_file()):
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+        sizes[p.name] = p.stat().st_size
+    with open(tmp / MARKER, "w") as f:  # last: its presence says every file above is whole
+        json.dump({"step": step, "sizes": sizes}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in sorted(root.glob("step_*"))[:-keep]:
+    fsync_dir(root)  # the rename itself
+    # Keep the newest `keep` intact checkpoints. A damaged one never counts, so it cannot push a good
+    # one out; it is left where it is for the user to look at.
+    intact = [p for p in sorted(root.glob("step_*")) if not checkpoint_problem(p)]
+    for old in intact[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(out_dir: Path):
-    """The newest complete checkpoint folder, or None (temporary folders are never complete)."""
-    done = [p for p in sorted((out_dir / "checkpoints").glob("step_*")) if (p / "trainer_state.pt").exists()]
-    return done[-1] if done else None
+def safetensors_problem(path: Path) -> str:
+    """'' if `path` is a whole safetensors file: an 8-byte header length, a JSON header, and tensor
+    data that ends exactly at the end of the file (a truncated file fails the last check)."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"{path.name} is {size} bytes (truncated or empty)"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8:
+            return f"{path.name}: header of {n} bytes in a {size}-byte file (truncated)"
+        try:
+            header = json.loads(f.read(n))
+            end = max([t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"], default=0)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            return f"{path.name}: unreadable header ({e})"
+    if 8 + n + end != size:
+        return f"{path.name}: tensors end at byte {8 + n + end}, file has {size} (truncated)"
+    return ""
+
+
+def checkpoint_problem(ckpt: Path) -> str:
+    """'' if checkpoint folder `ckpt` is complete and whole, else what is wrong with it (one line)."""
+    sizes = {}  # a folder saved before the marker existed has none: the checks below still run
+    if (ckpt / MARKER).exists():
+        try:
+            sizes = json.loads((ckpt / MARKER).read_text())["sizes"]
+        except (ValueError, KeyError, TypeError) as e:
+            return f"{MARKER} unreadable ({e})"
+    for name, size in sizes.items():
+        p = ckpt / name
+        if not p.exists():
+            return f"{name} is missing"
+        if p.stat().st_size != size:
+            return f"{name} is {p.stat().st_size} bytes, was saved with {size}"
+    weights = sorted(ckpt.glob("*.safetensors"))
+    if not weights:
+        return "no *.safetensors weights"
+    for p in weights:
+        problem = safetensors_problem(p)
+        if problem:
+            return problem
+    if not (ckpt / "config.json").exists():
+        return "config.json is missing"
+    if not any((ckpt / t).exists() for t in TOKENIZER_FILES):
+        return f"no tokenizer file (one of {', '.join(TOKENIZER_FILES)})"
+    try:  # torch.save writes a zip archive: a cut one has no central directory
+        with zipfile.ZipFile(ckpt / "trainer_state.pt") as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                return "trainer_state.pt has no data.pkl"
+    except (OSError, zipfile.BadZipFile) as e:
+        return f"trainer_state.pt unreadable ({e})"
+    return ""
+
+
+def latest_checkpoint(out_dir: Path, log=print):
+    """The newest intact checkpoint folder, or None. Newer damaged ones are skipped, each with a line
+    saying which and why (temporary folders are never candidates: they are not named step_*)."""
+    for ckpt in sorted((out_dir / "checkpoints").glob("step_*"), reverse=True):
+        problem = checkpoint_problem(ckpt)
+        if not problem:
+            return ckpt
+        log(f"checkpoint {ckpt} is damaged, skipped: {problem}")
+    return None
+
+
+def check_saveable(model, log=print):
+    """Refuse at start what save_pretrained would refuse after training (issue 15 item 3).
+
+    A folder converted from GGUF keeps `quantization_config` in its config.json although its weights
+    are plain floats; transformers then refuses to save it ("not serializable"). Strip it, as
+    policy.embedded_model_dir does for the embedded model. Any other quantized model is refused."""
+    qc = getattr(model.config, "quantization_config", None)
+    if qc is None:
+        return
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    method = getattr(method, "value", method)  # an enum in recent transformers
+    if method == "gguf" and all(p.is_floating_point() for p in model.parameters()):
+        del model.config.quantization_config
+        model.hf_quantizer, model.is_quantized = None, False
+        log("model: dropped quantization_config (gguf, weights already float), as the embedded "
+            "model's converter does, so checkpoints can be saved")
+        return
+    sys.exit(f"model is quantized ({method}): its checkpoints could not be saved and its weights not "
+             "trained. Dequantize it to a float folder first (load it, then save_pretrained a float "
+             "copy without quantization_config) and pass that folder to --model.")
+
+
+# -----------------------------------------------------------------------------
+# metrics.jsonl: strict JSON lines, kept safe across a resume
+
+def json_line(m: dict) -> str:
+    """One metrics line, strict JSON: a NaN or infinite number becomes null (bare NaN is not JSON)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
+def resume_metrics(path: Path, step: int, log=print) -> dict:
+    """Make metrics.jsonl hold exactly the lines of steps 1..`step` (the checkpoint's), without ever
+    truncating it first (issue 15 item 1).
+
+    Every line is read and checked before anything is written: lines that are not a JSON object with
+    an integer "step" are damaged; they are dropped and the whole original file is moved aside to
+    metrics.jsonl.damaged[.N] (said in the log). Lines of later steps are dropped (they are redone).
+    The new content goes to a temporary file that replaces the old one by rename. Returns counts.
+    """
+    out = {"kept": 0, "damaged": 0, "later": 0, "moved_to": None}
+    if not path.exists():
+        return out
+    keep, bad = [], []
+    for i, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+            ok = isinstance(rec, dict) and isinstance(rec.get("step"), int)
+        except ValueError:  # also UnicodeDecodeError
+            ok = False
+        if not ok:
+            bad.append(i)
+        elif rec["step"] <= step:
+            keep.append(raw.decode() + "\n")
+        else:
+            out["later"] += 1
+    out["kept"], out["damaged"] = len(keep), len(bad)
+    if bad:
+        aside = path.with_name(path.name + ".damaged")
+        n = 1
+        while aside.exists():
+            aside, n = path.with_name(f"{path.name}.damaged.{n}"), n + 1
+        shutil.copy2(path, aside)  # a copy: the original stays in place until the rename below
+        out["moved_to"] = str(aside)
+        log(f"{path}: {len(bad)} damaged line(s) (line {', '.join(map(str, bad[:5]))}"
+            f"{' ...' if len(bad) > 5 else ''}) dropped; the original file is kept as {aside}")
+    if out["later"]:
+        log(f"{path}: {out['later']} line(s) of steps after {step} (the checkpoint) dropped; they are redone")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -73,7 +248,7 @@ def plot_rewards(out_dir: Path):
     keys = sorted({k for l in lines for k in l if k.startswith("reward/") and k.endswith("/mean")})
     fig, ax = plt.subplots(figsize=(8, 5))
     for k in keys:
-        pts = [(l["step"], l[k]) for l in lines if k in l]
+        pts = [(l["step"], l[k]) for l in lines if l.get(k) is not None]  # null: no value that step
         ax.plot(*zip(*pts), label=k.split("/")[1], lw=2.5 if "/all/" in k else 1)
     ax.set_xlabel("step"), ax.set_ylabel("mean reward"), ax.legend(fontsize=7)
     fig.savefig(out_dir / "rewards.png", dpi=120)

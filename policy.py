@@ -1,11 +1,16 @@
 """The policy model: loading it (the embedded default, a hub id or a local folder), its bf16 sampler
 copy, the ids that end a turn, and the training forward that turns token ids into the log-probs of
-the response tokens.
+the response tokens: per row (the reference) or with each prompt shared by its group (issue 10).
 
     import policy
     lm = policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu"))
     net = policy.Policy(lm, temperature=1.0, chunk=1024)        # what DDP wraps
     lp = policy.forward_logprobs(net, rows, [0, 1], pad_id, device)  # [2, T] response log-probs
+    with policy.shared_prefix_setting(lm):                      # open until backward has run
+        lp = policy.forward_logprobs_shared(net, rows, [0, 1], pad_id, device)  # the same, prompt once
+
+    python -m pytest -q test_policy.py       # shared == per-row: log-probs, gradients, split groups
+    python bench.py --only prefix            # forward+backward time and memory, per-row vs shared
 
 train.py and tasks.py both import this file, so the two agree on the model and on where a
 response ends (issue 13: no import cycle, one set of EOS ids).
@@ -15,12 +20,15 @@ import copy
 import importlib.util
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.functional import scaled_dot_product_attention
 
 import grpo
+from rollout import say_once
 
 CACHE = Path(os.environ.get("GOLONGRL_CACHE", Path.home() / ".cache" / "golongrl"))
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -121,9 +129,13 @@ class Policy(nn.Module):
         super().__init__()
         self.lm, self.temperature, self.chunk = lm, temperature, chunk
 
-    def forward(self, input_ids, attention_mask, rows, cols, targets):
+    def forward(self, input_ids, attention_mask, rows, cols, targets, position_ids=None, packing=None):
+        # packing: a PackedGroups (shared-prefix forward, below), handed to our attention function
+        # through the decoder layers' **kwargs; None = the plain per-row forward
+        extra = {} if packing is None else {"shared_prefix": packing}
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    use_cache=False).last_hidden_state           # [b, L, H]
+                                    position_ids=position_ids, use_cache=False,
+                                    **extra).last_hidden_state                   # [b, L, H]
         weight = self.lm.get_output_embeddings().weight                          # [V, H]
         return grpo.token_logprobs(hidden[rows, cols], weight, targets, self.temperature, self.chunk)
 
@@ -163,5 +175,243 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
     cols = torch.cat([torch.arange(p - 1, p - 1 + r) for p, r in lens])          # [N] predicting pos
     targets = rows.tokens[mb][b_idx, t_idx]
     lp = policy(ids.to(device), att.to(device), b_idx.to(device), cols.to(device), targets.to(device))
+    out = torch.zeros(len(mb), T, dtype=lp.dtype, device=device)
+    return out.index_put((b_idx.to(device), t_idx.to(device)), lp)              # [b, T]
+
+
+# -----------------------------------------------------------------------------
+# Shared-prefix training forward (issue 10): each prompt once per group, not once per response
+#
+# The per-row forward above runs G rows [prompt, r_j]: G*(P+R) tokens through forward and backward.
+# Here a group is ONE packed sequence [prompt, r_1, ..., r_G], P + G*R tokens, with position ids
+# 0..P-1 for the prompt and P..P+len(r_j)-1 for every response, and an attention in which prompt
+# tokens are causal among themselves and r_j sees the whole prompt plus its own earlier tokens,
+# never another response. Every r_j then computes exactly what its own row [prompt, r_j] would
+# (same keys, same positions, same values), and the backward sums the G responses' gradients into
+# the one copy of the prompt's keys/values: exact forward and backward.
+#
+# Same technique as rollout.py: the Hugging Face modules unchanged, one attention function
+# (`packed_attention`) registered with transformers.AttentionInterface, selected through the model
+# config only inside `shared_prefix_setting` and restored afterwards. HF builds no mask for a name it
+# does not know, so no [S, S] mask is ever made; our function reads its layout from the
+# `shared_prefix` keyword that Policy.forward passes down the decoder layers.
+#
+# Kernels, per layer (q [1, H, S, D], k, v [1, Hkv, S, D] from HF's projections and RoPE):
+# - "torch" (CPU, or CUDA without flash-attn): per group, sdpa causal over the prompt, then one sdpa for all its responses
+#   with keys = [prompt, responses] and a [sum r_j, P + sum r_j] bool mask. Exact; the mask grows
+#   with the group, fine at the sizes a CPU trains at.
+# - "flash" (CUDA with flash-attn): two flash_attn_varlen_func calls, both differentiable: the
+#   prompts causal, and every response with its keys/values = concat(prompt K/V, own K/V), causal
+#   with bottom-right alignment (query t of r_j sees the P prompt keys and own keys 0..t). The concat
+#   is a gather (index_select) per layer, a transient of G*P keys whose backward is an index_add: it
+#   sums every response's gradient into the prompt K/V. Chosen over flex_attention because it is the
+#   kernel the per-row path already runs (load_model's flash_attention_2) and needs no compile step;
+#   the cost is the G*P gathered keys per layer (prompt K/V once per response, as the per-row path
+#   holds, but not its G*P queries, MLP activations or hidden states). test_policy.py checks it on
+#   CPU against test_rollout's fake flash_attn; no GPU was lent here, so it is unmeasured on one.
+#
+# Gradient checkpointing recomputes each layer in the backward and looks the attention function up
+# by name again then: the setting must stay active until backward has run (train.py wraps update()).
+
+PACKED_ATTN = "golongrl_shared_prefix_train"  # the name packed_attention is registered under
+
+
+class PackedGroups:
+    """Layout of one packed micro-batch [prompt_1, r_11..r_1k, prompt_2, r_21.., ...] (batch 1, S tokens)
+    and the per-layer metadata of its kernels; built once per forward, read by every layer.
+
+    prompt_lens [g], resp_lens [g][k] (a group may hold any number of responses, of any length >= 0).
+    """
+
+    def __init__(self, prompt_lens: list, resp_lens: list, path: str, device):
+        self.path = path  # "torch" | "flash"
+        self.parts = []  # per group: (start, P, sum of its response lengths) in the packed sequence
+        pos, prompt_idx, resp_idx, key_idx, q_lens, k_lens, masks = [], [], [], [], [], [], []
+        s = 0
+        for P, rs in zip(prompt_lens, resp_lens):
+            R = sum(rs)
+            self.parts.append((s, P, R))
+            pos.append(torch.arange(P))
+            prompt_idx.append(torch.arange(s, s + P))
+            o = s + P  # where r_j starts
+            for r in filter(None, rs):  # a response without tokens takes no place (no empty segment)
+                pos.append(torch.arange(P, P + r))           # each response continues the prompt
+                resp_idx.append(torch.arange(o, o + r))
+                key_idx += [torch.arange(s, s + P), torch.arange(o, o + r)]  # [prompt, own] keys
+                q_lens.append(r)
+                k_lens.append(P + r)
+                o += r
+            if path == "torch" and R:  # [R, P + R]: every prompt key, own earlier keys of the response
+                rid = torch.repeat_interleave(torch.arange(len(rs)), torch.tensor(rs))  # [R] response id
+                t = torch.arange(R)
+                own = (rid[:, None] == rid[None, :]) & (t[None, :] <= t[:, None])
+                masks.append(torch.cat([torch.ones(R, P, dtype=torch.bool), own], 1).to(device))
+            else:
+                masks.append(None)
+            s = o
+        self.length = s
+        self.positions = torch.cat(pos).to(device)[None]  # [1, S] position ids
+        self.masks = masks                                # torch: per group [R, P + R] bool or None
+        if path == "flash":  # int32 cumulative lengths and gather indices for flash_attn_varlen_func
+            cu = lambda lens: torch.tensor([0] + lens).cumsum(0).to(torch.int32).to(device)  # noqa: E731
+            self.cu_p, self.max_p = cu(list(prompt_lens)), max(prompt_lens)
+            self.prompt_idx = torch.cat(prompt_idx).to(device)  # [sum P]
+            self.resp_idx = torch.cat(resp_idx or [torch.zeros(0, dtype=torch.long)]).to(device)  # [sum R]
+            self.key_idx = torch.cat(key_idx or [torch.zeros(0, dtype=torch.long)]).to(device)
+            # ^ [sum_j (P + r_j)]: the prompt's positions again for every response (the transient concat)
+            self.cu_rq, self.cu_rk = cu(q_lens), cu(k_lens)
+            self.max_rq, self.max_rk = max(q_lens, default=0), max(k_lens, default=0)
+            # packed order = [all prompt tokens, all response tokens]; `unpack` puts them back in place
+            self.unpack = torch.argsort(torch.cat([self.prompt_idx, self.resp_idx]))
+
+
+def packed_torch(lay: PackedGroups, q, k, v, scale):
+    """Exact torch kernel: per group, prompt causal, then all its responses under lay.masks."""
+    out = []
+    for (s, P, R), mask in zip(lay.parts, lay.masks):
+        out.append(scaled_dot_product_attention(q[:, :, s:s + P], k[:, :, s:s + P], v[:, :, s:s + P],
+                                                is_causal=True, scale=scale, enable_gqa=True))
+        if R:  # queries r_*, keys [prompt, r_*]: the slice k[s:s+P+R] is both, no copy
+            out.append(scaled_dot_product_attention(q[:, :, s + P:s + P + R], k[:, :, s:s + P + R],
+                                                    v[:, :, s:s + P + R], attn_mask=mask, scale=scale,
+                                                    enable_gqa=True))
+    return torch.cat(out, 2).transpose(1, 2)  # [1, S, H, D]
+
+
+def packed_flash(lay: PackedGroups, q, k, v, scale):
+    """flash-attn kernel: prompts causal (varlen), responses over gathered [prompt, own] keys."""
+    from flash_attn import flash_attn_varlen_func
+    q, k, v = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)  # [S, H(kv), D]
+    o_p = flash_attn_varlen_func(q.index_select(0, lay.prompt_idx), k.index_select(0, lay.prompt_idx),
+                                 v.index_select(0, lay.prompt_idx), lay.cu_p, lay.cu_p, lay.max_p,
+                                 lay.max_p, softmax_scale=scale, causal=True)        # [sum P, H, D]
+    outs = [o_p]
+    if lay.resp_idx.numel():
+        outs.append(flash_attn_varlen_func(
+            q.index_select(0, lay.resp_idx), k.index_select(0, lay.key_idx),
+            v.index_select(0, lay.key_idx), lay.cu_rq, lay.cu_rk, lay.max_rq, lay.max_rk,
+            softmax_scale=scale, causal=True))  # causal = bottom-right: the P prompt keys + own 0..t
+    return torch.cat(outs).index_select(0, lay.unpack)[None]  # [1, S, H, D]
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The attention function inside shared_prefix_setting (AttentionInterface signature).
+
+    With a `shared_prefix` layout: the packed-group kernels. Without one (a plain right-padded batch,
+    e.g. train.update's zero-row pass): causal sdpa, which is exact for every non-pad position of
+    right-padded rows (HF builds no padding mask for this attention name). Returns ([B, S, H, D], None).
+    """
+    if kwargs.get("sliding_window"):
+        raise ValueError("sliding-window attention layers are not supported by the shared-prefix forward")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    lay = kwargs.get("shared_prefix")
+    if lay is None:
+        out = scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scale,
+                                           enable_gqa=True)
+        return out.transpose(1, 2), None
+    return (packed_flash if lay.path == "flash" else packed_torch)(lay, query, key, value, scale), None
+
+
+@contextmanager
+def shared_prefix_setting(lm):
+    """Our attention function for the duration (re-entrant), the previous one restored afterwards,
+    also on error. Keep it open across backward when gradient checkpointing is on (see above)."""
+    from transformers import AttentionInterface
+    AttentionInterface.register(PACKED_ATTN, packed_attention)  # idempotent
+    previous = lm.config._attn_implementation
+    lm.config._attn_implementation = PACKED_ATTN  # the config setter also updates sub-configs
+    try:
+        yield
+    finally:
+        lm.config._attn_implementation = previous
+
+
+def shared_attention_path(device, attention: str = "auto") -> str:
+    """'auto' -> 'flash' on CUDA when flash_attn is importable, else 'torch' (said once per process);
+    'torch' | 'flash' force one ('flash' on CPU: the tests, with a fake flash_attn module)."""
+    if attention not in ("auto", "torch", "flash"):
+        raise ValueError(f"attention must be 'auto', 'torch' or 'flash', got {attention!r}")
+    if attention == "auto":
+        flash = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+        attention = "flash" if flash else "torch"
+        say_once("train:" + attention, f"shared-prefix training attention: {attention} on {device.type}")
+    return attention
+
+
+def group_rows(rows, idx: list) -> list:
+    """Row indices grouped by prompt (equal token lists share it; first-appearance order)."""
+    groups: dict = {}
+    for i in idx:
+        groups.setdefault(tuple(rows.prompts[i]), []).append(i)
+    return list(groups.values())
+
+
+def shared_micro_batches(rows, idx: list, budget: int) -> list:
+    """Split row indices into micro-batches of at most `budget` packed tokens, P + sum of response
+    lengths per group (no padding): the rows of a prompt stay together and their prompt counts once.
+    A group over the budget is split into sub-groups that each carry the prompt (>= 1 response each;
+    a prompt + one response over the budget runs alone, over it, as in micro_batches)."""
+    parts = []  # (packed tokens, rows) per (sub-)group
+    for g in group_rows(rows, idx):
+        P = len(rows.prompts[g[0]])
+        cur, n = [], P
+        for i in g:
+            r = int(rows.mask[i].sum())
+            if cur and n + r > budget:
+                parts.append((n, cur))
+                cur, n = [], P
+            cur.append(i)
+            n += r
+        parts.append((n, cur))
+    out, cur, n = [], [], 0
+    for t, g in parts:
+        if cur and n + t > budget:
+            out.append(cur)
+            cur, n = [], 0
+        cur, n = cur + g, n + t
+    return out + ([cur] if cur else [])
+
+
+def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attention: str = "auto"):
+    """forward_logprobs with the prompt shared: same arguments, same [b, T] result (0 off the mask).
+
+    The rows of `mb` are grouped by prompt; each group runs as [prompt, r_1, ..., r_k] in one packed
+    sequence of batch 1 (no padding, so pad_id is unused). Position P-1 predicts every response's
+    first token; position o_j+t-1 predicts token t of the response that starts at o_j.
+    """
+    lm = getattr(policy, "module", policy).lm  # policy may be DDP-wrapped
+    if (torch.is_grad_enabled() and lm.training and lm.is_activation_checkpointing
+            and lm.config._attn_implementation != PACKED_ATTN):
+        raise RuntimeError("shared-prefix forward with gradient checkpointing: wrap forward AND backward "
+                           "in policy.shared_prefix_setting(lm), or the backward's recompute runs the "
+                           "model's own attention over the packed sequence (wrong gradients)")
+    path = shared_attention_path(device if isinstance(device, torch.device) else torch.device(device),
+                                 attention)
+    T = rows.tokens.shape[1]
+    groups = group_rows(rows, mb)
+    where = {i: b for b, i in enumerate(mb)}  # row index -> its row in the result
+    ids, b_idx, t_idx, cols, resp_lens = [], [], [], [], []
+    s = 0
+    for g in groups:
+        prompt = list(rows.prompts[g[0]])
+        P = len(prompt)
+        ids += prompt
+        o, rs = s + P, []
+        for i in g:
+            r = int(rows.mask[i].sum())
+            ids += rows.tokens[i, :r].tolist()
+            b_idx.append(torch.full((r,), where[i]))
+            t_idx.append(torch.arange(r))
+            cols.append(torch.cat([torch.tensor([s + P - 1]), torch.arange(o, o + max(r - 1, 0))])[:r])
+            rs.append(r)
+            o += r
+        resp_lens.append(rs)
+        s = o
+    lay = PackedGroups([len(rows.prompts[g[0]]) for g in groups], resp_lens, path, device)
+    b_idx, t_idx, cols = torch.cat(b_idx), torch.cat(t_idx), torch.cat(cols)     # [N] each
+    targets = rows.tokens[mb][b_idx, t_idx]
+    with shared_prefix_setting(lm):
+        lp = policy(torch.tensor([ids], device=device), None, torch.zeros_like(cols).to(device),
+                    cols.to(device), targets.to(device), position_ids=lay.positions, packing=lay)
     out = torch.zeros(len(mb), T, dtype=lp.dtype, device=device)
     return out.index_put((b_idx.to(device), t_idx.to(device)), lp)              # [b, T]

@@ -1,21 +1,14 @@
-"""Tests for data.py: the released format, prompt encoding, built tasks, difficulty filter, batches.
+"""Tests for data.py: the released format, prompt encoding, batches. (Built tasks: test_tasks.py.)
 
     python -m pytest -q test_data.py
 
-Built tasks are checked against independent recomputations from the prompt text itself (regex counts,
-substring positions), and every gold answer is scored with the real rewards.score. The second corpus
-is written by the tests from docstrings of standard-library modules (read as text with `ast`, so it
-exists on every Python, needs no download and no apt), as a Markdown file with headings, a gzipped
-.txt without headings, and a file that load_documents must skip.
+Every source and LongBench-Pro sub-task of the released format is loaded and its gold scored with the
+real rewards.score (a right response scores 1, a near miss less); every malformed line must name the
+file, the line and the field.
 """
 
-import ast
-import gzip
 import json
 import random
-import re
-import sysconfig
-from pathlib import Path
 
 import pytest
 
@@ -120,15 +113,6 @@ def test_every_source_and_subtask_maps_and_scores(tmp_path):
     assert samples[3].answer == "3/4" and samples[5].answer == "wrapped in a list"
 
 
-def test_round_trip_released_and_built(tmp_path, built_default):
-    samples = data.load_jsonl(write_jsonl(tmp_path / "r.jsonl", released_records()))
-    data.save_jsonl(samples + built_default, tmp_path / "out.jsonl")
-    again = data.load_jsonl(tmp_path / "out.jsonl")
-    assert again == samples + built_default
-    rec = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[-1])
-    assert rec["data_source"] == data.BUILD_SOURCE and rec["extra_info"]["task"] == built_default[-1].task
-
-
 @pytest.mark.parametrize("line, words", [
     ('{"data_source": "EM", ', ["r.jsonl:2", "invalid JSON"]),
     ('[1, 2]', ["r.jsonl:2", "JSON object"]),
@@ -186,6 +170,47 @@ def test_unknown_source_and_mode_error_or_skip_with_counts(tmp_path, caplog):
     assert "unknown_reward_mode" in caplog.text
 
 
+def test_deep_nesting_is_a_data_error_naming_the_line(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [record("EM", {"golden_label": "ok"}), "[" * 100_000])
+    with pytest.raises(DataError, match=r"r.jsonl:2: invalid JSON \(nested too deeply"):
+        data.load_jsonl(path)  # json.loads raises RecursionError here, which is not a ValueError
+    deep_gold = record("multitableqa_pretraining", {"golden_label": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(DataError, match=r"r.jsonl:1: field 'reward_model.ground_truth.golden_label'"):
+        data.load_jsonl(write_jsonl(path, [deep_gold]))
+
+
+@pytest.mark.parametrize("where, field", [("prompt", "prompt[0].content"),
+                                          ("gold", "reward_model.ground_truth.golden_label"),
+                                          ("extra", "extra_info.question")])
+def test_lone_surrogate_is_rejected_with_line_and_field(tmp_path, where, field):
+    bad = record("EM", {"golden_label": "\ud800 gold" if where == "gold" else "ok"})
+    if where == "prompt":
+        bad["prompt"][0]["content"] = "Documents \udfff... Question?"
+    if where == "extra":
+        bad["extra_info"]["question"] = "Question \udbff?"
+    line = json.dumps(bad)  # ensure_ascii: the surrogate is written as the escape \\udXXX, as in the issue
+    assert "\\ud" in line
+    path = write_jsonl(tmp_path / "r.jsonl", [record("EM", {"golden_label": "ok"}), line])
+    with pytest.raises(DataError) as e:
+        data.load_jsonl(path)
+    assert str(e.value).startswith(f"r.jsonl:2: field {field!r} holds a lone UTF-16 surrogate"), str(e.value)
+    pair = record("EM", {"golden_label": "ok"})
+    pair["prompt"][0]["content"] = "smile \ud83d\ude00"  # a valid pair: json.loads joins it into one character
+    (s,) = data.load_jsonl(write_jsonl(path, [json.dumps(pair)]))
+    assert s.prompt[0]["content"] == "smile \U0001F600"
+
+
+def test_duplicate_ids_are_kept_counted_and_logged(tmp_path, caplog):
+    recs = [record("EM", {"golden_label": g}, index=i) for g, i in
+            [("a1", "a"), ("b1", "b"), ("a2", "a"), ("c1", 7), ("a3", "a"), ("c2", "7")]]
+    path = write_jsonl(tmp_path / "r.jsonl", recs + [record("EM", {"golden_label": "no index"})])
+    counts = {}
+    with caplog.at_level("WARNING", logger="data"):
+        samples = data.load_jsonl(path, counts=counts)
+    assert [s.answer for s in samples] == ["a1", "b1", "a2", "c1", "a3", "c2", "no index"]  # nothing dropped
+    assert counts == {"duplicate_id": 3}  # a twice more, 7 once more (ids are strings)
+    assert "3 records reuse an earlier id (kept): 'a' at lines 1, 3, 5; '7' at lines 4, 6" in caplog.text
+
 def test_ten_megabyte_lines(tmp_path):
     big = record("EM", {"golden_label": "needle"})
     big["prompt"][0]["content"] = "haystack " * 1_200_000  # ~10.8 MB on one line
@@ -210,9 +235,11 @@ def test_chat_ids_match_apply_chat_template(qwen_tokenizer):
     assert qwen_tokenizer.decode(want).endswith("<|im_start|>assistant\n")
 
 
-def test_encode_drops_or_truncates_long_prompts(qwen_tokenizer, built_default):
-    short = built_default[0]
+def test_encode_drops_or_truncates_long_prompts(qwen_tokenizer):
     question = "Question: which tide is mentioned first?"
+    short = Sample("short", "precise_retrieval", [{"role": "user", "content": "Read the 2 documents below.\n\n"
+                   "[Document 1] Tides\nThe sea rises.\n\n[Document 2] Moon\nIt pulls.\n\n" + question}],
+                   "x", "EM", {"question": question})
     content = ("Read the 2 documents below.\n\n[Document 1] Tides\n" + "The sea rises and falls. " * 400
                + "\n\n[Document 2] Moon\nThe moon pulls the water.\n\n" + question)
     long = Sample("long", "precise_retrieval", [{"role": "user", "content": content}], "x", "EM",
@@ -230,230 +257,6 @@ def test_encode_drops_or_truncates_long_prompts(qwen_tokenizer, built_default):
     assert qwen_tokenizer.decode(ids[-1]).startswith("<|im_start|>user\n")  # the template is untouched
     _, kept, counts = data.encode_prompts([long], qwen_tokenizer, 20, truncate=True)
     assert kept == [] and counts["dropped_too_long"] == 1  # the question alone does not fit
-
-
-# -----------------------------------------------------------------------------
-# Documents
-
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-CORPUS_MODULES = ["email/message", "logging/__init__", "unittest/case", "http/client", "urllib/parse",
-                  "threading", "subprocess", "smtplib", "optparse", "socketserver"]
-
-
-def docstrings(module: str) -> list[tuple[str, str]]:
-    tree = ast.parse((STDLIB / f"{module}.py").read_text(encoding="utf-8"))
-    out = []
-    for node in [tree] + [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))]:
-        doc = ast.get_docstring(node)
-        if doc and len(doc) > 150:
-            out.append((getattr(node, "name", module.replace("/", ".")), doc))
-    return out
-
-
-@pytest.fixture(scope="module")
-def second_corpus(tmp_path_factory):
-    """Folder: a Markdown file with headings, a gzipped text without headings, one file to skip."""
-    root = tmp_path_factory.mktemp("corpus")
-    mods = [m for m in CORPUS_MODULES if (STDLIB / f"{m}.py").exists()]
-    md = [f"# {m.replace('/', '.')}\n\n" + "\n\n".join(f"## {n}\n\n{d}" for n, d in docstrings(m)) for m in mods[:6]]
-    (root / "stdlib_a.md").write_text("\n\n".join(md), encoding="utf-8")
-    (root / "sub").mkdir()
-    plain = "\n\n".join(d for m in mods[6:] for _, d in docstrings(m))
-    plain = re.sub(r"^[=\-~*^]{3,}\s*$", "", plain, flags=re.M)  # drop reST underlines: no headings at all
-    with gzip.open(root / "sub" / "stdlib_b.txt.gz", "wt", encoding="utf-8") as f:
-        f.write(plain)
-    (root / "sub" / "image.png").write_bytes(b"\x89PNG not text")
-    return root
-
-
-def test_load_documents_default_and_folders(second_corpus, caplog):
-    docs = data.load_documents()
-    assert len(docs) > 50 and docs == data.load_documents()
-    assert len({d.title.lower() for d in docs}) == len(docs) and all(d.text.strip() for d in docs)
-    assert len({d.text for d in docs}) == len(docs)  # repeated sections are dropped (and logged)
-    with caplog.at_level("WARNING", logger="data"):
-        docs2 = data.load_documents([second_corpus], max_chars=3000)
-    assert "skipped 1 files" in caplog.text
-    titles = [d.title for d in docs2]
-    assert "LogRecord" in titles and "stdlib_a" not in titles  # headings are titles; empty preamble dropped
-    assert any(t.startswith("stdlib_b (part ") for t in titles)  # no headings: split by size
-    assert all(len(d.text) <= 3000 for d in docs2) and len(set(titles)) == len(titles)
-    with pytest.raises(ValueError, match="image.png"):
-        data.load_documents([second_corpus / "sub" / "image.png"])
-
-
-def test_split_sections_headings_and_reflow():
-    text = ("Intro line one\nwraps here.\n\nTitle A\n=======\n\nBody a is\nwrapped.\n\n   code()\n   more()\n\n"
-            "# Title B\n\nBody b.\n\n```\n# not a heading\n```\n")
-    docs = data.split_sections(text, "file")
-    assert [d.title for d in docs] == ["file", "Title A", "Title B"]
-    assert docs[0].text == "Intro line one wraps here."
-    assert docs[1].text == "Body a is wrapped.\n\n   code()\n   more()"
-    assert "# not a heading" in docs[2].text
-    paras = ["a" * 50] * 5 + ["b" * 300, "c" * 20]  # no headings; one paragraph longer than max_chars
-    parts = data.split_sections("\n\n".join(paras), "f", max_chars=120)
-    assert [d.title for d in parts] == [f"f (part {k})" for k in range(1, 7)]
-    assert all(len(d.text) <= 120 for d in parts)
-    assert "".join(d.text for d in parts).replace("\n", "") == "".join(paras)  # nothing lost
-
-
-# -----------------------------------------------------------------------------
-# Built tasks: right by construction, within budget, deterministic
-
-@pytest.fixture(scope="module")
-def built_default(qwen_tokenizer):
-    return data.build_tasks(data.load_documents(), qwen_tokenizer, 3, 1024, seed=0)
-
-
-@pytest.fixture(scope="module")
-def built_second(qwen_tokenizer, second_corpus):
-    return data.build_tasks(data.load_documents([second_corpus]), qwen_tokenizer, 3, 1024, seed=0)
-
-
-def split_prompt(s: Sample) -> tuple[dict, str]:
-    """{title: text} of the documents in a built prompt, and the documents' text as one string."""
-    content = s.prompt[0]["content"]
-    assert content.endswith(s.meta["question"])
-    ctx = content[: len(content) - len(s.meta["question"])]
-    parts = re.split(r"^\[Document \d+\] (.*)$", ctx, flags=re.M)
-    return {t: x.strip("\n") for t, x in zip(parts[1::2], parts[2::2])}, ctx
-
-
-def recount(word: str, text: str) -> int:
-    # Independent of data.WORD: a case-insensitive \b-delimited search for this one word.
-    return len(re.findall(rf"\b{re.escape(word)}\b", text, flags=re.I))
-
-
-def check_built(s: Sample):
-    """Recompute the gold answer from the prompt text alone."""
-    docs, ctx = split_prompt(s)
-    q = s.meta["question"]
-    word = re.search(r'the word "([A-Za-z]+)"', q)
-    word = word and word.group(1)
-    titled = re.search(r'titled "(.*?)"[,?]', q)
-    if s.task == "precise_retrieval":
-        quote = re.search(r'\n"(.*)"\n', q).group(1)
-        assert ctx.count(quote) == 1 and re.search(re.escape(quote) + r"\s+" + re.escape(s.answer), docs[titled.group(1)])
-    elif s.task == "comprehension":
-        options = dict(re.findall(r"^\(([A-D])\) (.*)$", q, flags=re.M))
-        assert len(options) == 4 and options[s.answer] in docs[titled.group(1)]
-        assert not any(o in docs[titled.group(1)] for k, o in options.items() if k != s.answer)
-    elif s.task == "exhaustive_retrieval":
-        assert s.answer == [t for t, x in docs.items() if recount(word, x)] and 2 <= len(s.answer) < len(docs)
-    elif s.task == "numerical_reasoning":
-        text = docs[titled.group(1)] if titled else ctx
-        assert int(s.answer) == recount(word, text) > 0
-    elif s.task == "structured_extraction":
-        assert s.answer == [[t, recount(word, x)] for t, x in docs.items() if recount(word, x)]
-    elif s.task == "structured_matching":
-        quotes = re.findall(r'^(\d+)\. "(.*)"$', q, flags=re.M)
-        assert len(quotes) == len(s.answer) >= 2
-        for (k, quote), gold in zip(quotes, s.answer):
-            num, title = gold.split(": ", 1)
-            assert num == k and ctx.count(quote) == 1 and quote in docs[title]
-    elif s.task == "graded_ranking":
-        n = [recount(word, docs[t]) for t in s.answer]
-        assert n == sorted(n, reverse=True) and len(set(n)) == len(n) >= 2 and min(n) > 0
-        assert set(s.answer) == {t for t, x in docs.items() if recount(word, x)}
-    elif s.task == "sequence_ordering":
-        quotes = dict(re.findall(r'^(S\d+): "(.*)"$', q, flags=re.M))
-        pos = [ctx.find(quotes[label]) for label in s.answer]
-        assert sorted(quotes) == sorted(s.answer) and min(pos) >= 0 and pos == sorted(pos)
-    elif s.task == "summarization":
-        title = re.search(r'Document "(.*)" is Python source', q).group(1)
-        assert title in docs and len(docs[title]) > len(s.answer) / 2
-        squashed = " ".join(ctx.lower().split())
-        assert " ".join(s.answer.lower().split())[:60] not in squashed  # the reference is not in the context
-
-
-@pytest.mark.parametrize("corpus", ["built_default", "built_second"])
-def test_built_tasks_are_right_and_fit(corpus, request, qwen_tokenizer):
-    samples = request.getfixturevalue(corpus)
-    assert [s.task for s in samples] == [t for t in data.TASK_NAMES for _ in range(3)]
-    for s in samples:
-        check_built(s)
-        assert rewards.score(s.task, perfect(s.task, s.answer), s.answer) == 1.0, s.id
-        assert rewards.score(s.task, near_miss(s.task, s.answer), s.answer) < 1.0, s.id
-        n = len(data.chat_ids(qwen_tokenizer, s.prompt))
-        assert n == s.meta["prompt_tokens"] <= 1024
-        assert len(split_prompt(s)[0]) >= 2
-    assert len({s.prompt[0]["content"] for s in samples}) == len(samples)
-
-
-def test_build_is_deterministic_and_seed_dependent(qwen_tokenizer, built_default):
-    docs = data.load_documents()
-    again = data.build_tasks(docs, qwen_tokenizer, 3, 1024, seed=0)
-    assert again == built_default
-    other = data.build_tasks(docs, qwen_tokenizer, 3, 1024, seed=1)
-    assert sum(a.prompt != b.prompt for a, b in zip(other, built_default)) >= 25
-
-
-def test_build_longer_context_packs_more_documents(qwen_tokenizer):
-    docs = data.load_documents()
-    samples = data.build_tasks(docs, qwen_tokenizer, 1, 8192, seed=3)
-    for s in samples:
-        check_built(s)
-        assert 4096 < s.meta["prompt_tokens"] <= 8192 and len(s.meta["documents"]) >= 5
-    with pytest.raises(RuntimeError, match="no code to summarize fits"):
-        data.build_tasks(docs, qwen_tokenizer, 1, 100, seed=0, tasks=["summarization"])
-    with pytest.raises(RuntimeError, match="could not build a sequence_ordering task"):
-        data.build_tasks(docs, qwen_tokenizer, 1, 100, seed=0, tasks=["sequence_ordering"])
-
-
-def test_cli_build_writes_loadable_file(tmp_path, qwen_tokenizer, second_corpus, capsys):
-    from conftest import CACHE
-    out = tmp_path / "tasks.jsonl"
-    data.main(["build", "--out", str(out), "--context-tokens", "768", "--n-per-task", "2", "--seed", "5",
-               "--docs", str(second_corpus), "--tokenizer", str(CACHE / "qwen-tokenizer")])
-    samples = data.load_jsonl(out)
-    assert [s.task for s in samples] == [t for t in data.TASK_NAMES for _ in range(2)]
-    assert all(s.meta["prompt_tokens"] <= 768 for s in samples)
-    assert "wrote 18 samples" in capsys.readouterr().out
-
-
-# -----------------------------------------------------------------------------
-# Difficulty filtering
-
-def test_pass_rates_and_band():
-    assert data.pass_rate([1, 0, 1, 1]) == 0.75 and data.pass_rate([0.4, 0.6], threshold=0.5) == 0.5
-    assert data.keep_by_pass_rate([0.0, 0.25, 1.0, 0.5], 0.0, 1.0) == [False, True, False, True]
-    assert data.keep_by_pass_rate([0.1, 0.3, 0.7], 0.2, 0.7) == [False, True, False]
-    samples = [Sample(str(i), "precise_retrieval", [], "x", "EM") for i in range(4)]
-    kept, counts = data.filter_by_difficulty(samples, [0.0, 0.5, 1.0, 0.125])
-    assert [s.id for s in kept] == ["1", "3"] and kept[0].meta["pass_rate"] == 0.5
-    assert counts == {"kept": 2, "too_easy": 1, "too_hard": 1}
-    with pytest.raises(ValueError):
-        data.filter_by_difficulty(samples, [0.5])
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, qwen_tokenizer):
-    """A tiny random Qwen3 with the real tokenizer, saved like any Hugging Face model folder."""
-    from conftest import tiny_qwen3
-    path = tmp_path_factory.mktemp("tiny-qwen3")
-    tiny_qwen3().save_pretrained(path)
-    qwen_tokenizer.save_pretrained(path)
-    return path
-
-
-def test_measure_pass_rates_with_a_tiny_model(tiny_model_dir, built_default):
-    pytest.importorskip("rollout")
-    samples = [built_default[0], built_default[12]]
-    # 4 random tokens never reproduce a gold answer: pass rate 0. With threshold 0 every reward passes.
-    assert data.measure_pass_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4) == [0.0, 0.0]
-    assert data.measure_pass_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4, threshold=0.0) == [1.0, 1.0]
-
-
-def test_cli_build_with_difficulty_filter(tmp_path, tiny_model_dir, capsys):
-    pytest.importorskip("rollout")
-    out = tmp_path / "f.jsonl"
-    base = ["build", "--out", str(out), "--context-tokens", "512", "--n-per-task", "1", "--tokenizer",
-            str(tiny_model_dir), "--filter-with", str(tiny_model_dir), "--filter-n", "2", "--filter-max-new-tokens", "2"]
-    data.main(base)  # the default band (0, 1) drops all: a random model solves nothing
-    assert data.load_jsonl(out) == [] and "'too_hard': 9" in capsys.readouterr().out
-    data.main(base + ["--filter-low", "-1", "--filter-high", "2", "--filter-threshold", "0.5"])  # keep all
-    kept = data.load_jsonl(out)
-    assert len(kept) == 9 and all(s.meta["pass_rate"] == 0.0 for s in kept)
 
 
 # -----------------------------------------------------------------------------

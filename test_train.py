@@ -20,6 +20,7 @@ import checkpoint
 import data
 import policy
 import rewards
+import tasks
 import train
 from conftest import tiny_qwen3
 
@@ -36,7 +37,7 @@ def tiny(tmp_path_factory, qwen_tokenizer):
     d = tmp_path_factory.mktemp("tiny")
     tiny_qwen3(seed=0).save_pretrained(d / "model")
     qwen_tokenizer.save_pretrained(d / "model")
-    samples = data.build_tasks(data.load_documents(), qwen_tokenizer, 2, 768, seed=0)
+    samples = tasks.build_tasks(tasks.load_documents(), qwen_tokenizer, 2, 768, seed=0)
     data.save_jsonl(samples, d / "tasks.jsonl")
     return d
 
@@ -152,6 +153,37 @@ def test_two_steps_end_to_end(tiny, tmp_path, monkeypatch):
         assert torch.equal(v, after[k]), k
     out = loaded.generate(torch.tensor([[9707, 11]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 5)
+
+
+def test_shared_prefix_step_equals_per_row_step(tiny, tmp_path, monkeypatch):
+    """issue 10: one training step with the shared-prefix forward (default) and with the per-row one
+    gives the same weights. Two optimizer steps per batch and a k3 reference, so the old-log-prob
+    pass and the reference forward take the shared path too. Prompts here are 549-704 tokens and
+    responses <= 8: under a 600-token budget some groups run whole and some are split into
+    sub-groups that each carry their prompt."""
+    monkeypatch.setattr(rewards, "score_batch", length_reward)
+    plans = []  # every shared micro-batch plan: (row -> prompt, micro-batches)
+    real = policy.shared_micro_batches
+
+    def spy(rows, idx, budget):
+        plans.append(({i: tuple(rows.prompts[i]) for i in idx}, real(rows, idx, budget)))
+        return plans[-1][1]
+    monkeypatch.setattr(policy, "shared_micro_batches", spy)
+    common = ("--steps", "1", "--mini-batches", "2", "--kl-coef", "0.1", "--micro-batch-tokens", "600")
+    shared = params(train.main(args(tiny, tmp_path / "shared", *common)))
+    per_row = params(train.main(args(tiny, tmp_path / "rows", *common, "--no-shared-prefix")))
+    # micro-batches per prompt: 1 = the group ran whole (its prompt shared), > 1 = split
+    spread = [len({j for j, mb in enumerate(mbs) for i in mb if prompt_of[i] == p})
+              for prompt_of, mbs in plans for p in set(prompt_of.values())]
+    assert 1 in spread and max(spread) > 1, spread
+    init = tiny_qwen3(seed=0).state_dict()
+    assert any(not torch.equal(init[k], shared[k]) for k in shared), "the update changed nothing"
+    for k in shared:  # Adam moves each weight by ~lr = 1e-3; summation order shows as ~1e-6
+        assert torch.allclose(shared[k], per_row[k], atol=1e-5), k
+    m1, m2 = metrics(tmp_path / "shared")[0], metrics(tmp_path / "rows")[0]
+    assert m1["reward/all/mean"] == m2["reward/all/mean"]  # same samples
+    # (not ppo_kl / clipfrac: update() averages those over micro-batches, whose plans differ here)
+    assert m1["grad_norm"] == pytest.approx(m2["grad_norm"], rel=1e-4)
 
 
 def test_resume_equals_straight_run(tiny, tmp_path, monkeypatch):

@@ -47,6 +47,7 @@ import grpo
 import policy
 import rewards
 import rollout
+import tasks
 import tmn
 
 
@@ -65,6 +66,8 @@ class Config:
     trust_remote_code: bool = option(False, "allow model code from the hub (off unless asked)")
     data: str = option("", "training JSONL in the released GoLongRL format; empty = build tasks from built-in docs")
     eval_data: str = option("", "evaluation JSONL; empty = a held-out split of the built tasks")
+    skip_unknown_sources: bool = option(False, "skip and count JSONL records of an unknown data_source "
+                                        "or reward_mode instead of stopping at the first")
     context_tokens: int = option(512, "context length of built tasks (ignored with --data)")
     n_per_task: int = option(8, "built tasks per task type (ignored with --data)")
     eval_per_task: int = option(1, "built tasks per type held out for evaluation")
@@ -99,7 +102,8 @@ class Config:
     weight_decay: float = option(0.1, "AdamW weight decay")
     grad_clip: float = option(1.0, "max global gradient norm")
     mini_batches: int = option(1, "optimizer steps per batch (paper: 1; >1 makes the clip matter)")
-    micro_batch_tokens: int = option(4096, "padded tokens per forward/backward micro-batch")
+    micro_batch_tokens: int = option(4096, "tokens per forward/backward micro-batch (padded rows; packed groups with --shared-prefix)")
+    shared_prefix: bool = option(True, "training forward packs a group as [prompt, r_1..r_G]: its prompt once, not G times")
     grad_checkpointing: bool = option(True, "recompute activations in backward (long contexts)")
     logprob_chunk: int = option(1024, "tokens per chunk in grpo.token_logprobs")
     # run
@@ -124,6 +128,88 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              kv_budget_tokens=262_144)  # KV positions per generation wave: ~30-40 GB bf16 for Qwen3-1.7B/4B
 
 
+# Lower bounds of the numeric fields, and why (issue 15 item 5: each was found late, or never).
+AT_LEAST = {
+    "group_size": (2, "a group of one has no spread: every advantage is 0 and no step ever updates"),
+    "prompts_per_step": (1, "a step needs prompts"), "max_gen_rounds": (1, "a step needs a generation round"),
+    "gen_prompts": (0, "0 means prompts_per_step"), "max_new_tokens": (1, "a response needs a token"),
+    "eval_max_new_tokens": (0, "0 means max_new_tokens"), "max_prompt_tokens": (1, "a prompt has tokens"),
+    "mini_batches": (1, "one batch makes at least one optimizer step"),
+    "micro_batch_tokens": (1, "a micro-batch holds at least one token"),
+    "logprob_chunk": (1, "a chunk holds at least one token"),
+    "keep_last": (1, "0 or less would delete the checkpoint just saved"),
+    "steps": (0, "a count"), "warmup_steps": (0, "a count"), "save_every": (0, "0 means at the end only"),
+    "eval_every": (0, "0 means never"), "top_k": (0, "0 means off"), "kv_budget_tokens": (0, "0 means default"),
+    "context_tokens": (1, "a document has tokens"), "n_per_task": (0, "a count"), "eval_per_task": (0, "a count"),
+    "weight_decay": (0.0, "a decay"), "kl_coef": (0.0, "a penalty weight"), "gamma": (0.0, "a strength"),
+    "clip_low": (0.0, "a clip range"), "clip_high": (0.0, "a clip range"),
+}
+# Floats that must be strictly positive.
+POSITIVE = {"lr": "a step size", "temperature": "logits are divided by it", "grad_clip": "a norm bound"}
+
+
+def looks_like_path(s: str) -> bool:
+    """A hub id is "name" or "org/name"; anything else that names a place on disk is a path."""
+    return s.startswith(("/", ".", "~")) or s.count("/") > 1 or Path(s).exists()
+
+
+def writable_problem(flag: str, path: Path) -> str:
+    """'' if `path` is (or can be made as) a folder this process can write into."""
+    if path.exists() and not path.is_dir():
+        return f"{flag} {path} is a file, not a folder: pass a folder path"
+    here = path
+    while not here.exists():  # the nearest existing parent is the one that must let us create it
+        here = here.parent
+    if not here.is_dir():
+        return f"{flag} {path}: {here} is a file, not a folder"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"{flag} {path}: {here} is not writable: pass a folder you can write to"
+    return ""
+
+
+def validate_config(cfg: Config) -> list:
+    """Every problem with `cfg`, one line each, found before anything heavy is loaded ([] = fine)."""
+    problems = []
+    flag = lambda name: "--" + name.replace("_", "-")
+    for f in dataclasses.fields(Config):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"{flag(f.name)} {v}: must be a finite number")
+        elif f.name in AT_LEAST and v < AT_LEAST[f.name][0]:
+            least, why = AT_LEAST[f.name]
+            problems.append(f"{flag(f.name)} {v}: must be >= {least} ({why})")
+        elif f.name in POSITIVE and v <= 0:
+            problems.append(f"{flag(f.name)} {v}: must be > 0 ({POSITIVE[f.name]})")
+    if not 0 < cfg.top_p <= 1 and math.isfinite(cfg.top_p):
+        problems.append(f"--top-p {cfg.top_p}: must be in (0, 1] (a probability mass)")
+    if not 0 <= cfg.alpha <= 1 and math.isfinite(cfg.alpha):
+        problems.append(f"--alpha {cfg.alpha}: must be in [0, 1] (a mix weight)")
+    if cfg.advantage not in ("grpo", "tmn", "tmn_reweight"):
+        problems.append(f"--advantage {cfg.advantage!r}: must be grpo, tmn or tmn_reweight")
+    if cfg.loss_agg not in ("token-mean", "seq-mean-token-mean"):
+        problems.append(f"--loss-agg {cfg.loss_agg!r}: must be token-mean or seq-mean-token-mean")
+    if math.isfinite(cfg.dual_clip) and cfg.dual_clip <= 1:
+        problems.append(f"--dual-clip {cfg.dual_clip}: must be > 1 (it bounds the ratio from above)")
+    if cfg.model and looks_like_path(cfg.model):  # a hub id is left to the hub
+        m = Path(cfg.model).expanduser()
+        if not m.exists():
+            problems.append(f"--model {cfg.model}: no such folder (a hub id looks like org/name)")
+        elif not (m / "config.json").is_file():
+            problems.append(f"--model {cfg.model}: no config.json there (not a Hugging Face model folder)")
+        elif not any((m / t).is_file() for t in checkpoint.TOKENIZER_FILES):
+            problems.append(f"--model {cfg.model}: no tokenizer file there (one of "
+                            f"{', '.join(checkpoint.TOKENIZER_FILES)}); save the model's tokenizer into "
+                            "the folder (tokenizer.save_pretrained)")
+    for name in ("data", "eval_data"):
+        if getattr(cfg, name) and not Path(getattr(cfg, name)).is_file():
+            problems.append(f"{flag(name)} {getattr(cfg, name)}: no such file")
+    out = Path(cfg.out_dir)
+    problems.append(writable_problem("--out-dir", out))
+    if not problems[-1] and (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
+        problems[-1] = f"--out-dir {out}: {out / 'checkpoints'} is a file; checkpoints go in a folder of that name"
+    return [x for x in problems if x]
+
+
 def parse_config(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
@@ -139,8 +225,9 @@ def parse_config(argv=None) -> Config:
     elif given.get("recipe", "") not in ("", "paper"):
         p.error(f"--recipe must be 'paper' or empty, got {given['recipe']!r}")
     cfg = dataclasses.replace(cfg, **given)
-    if cfg.advantage not in ("grpo", "tmn", "tmn_reweight"):
-        p.error(f"--advantage must be grpo, tmn or tmn_reweight, got {cfg.advantage!r}")
+    problems = validate_config(cfg)
+    if problems:  # every problem at once, one line each, exit code 2 (as argparse's own errors)
+        p.exit(2, "".join(f"{p.prog}: error: {x}\n" for x in problems) + f"{p.prog} --help lists every field\n")
     return cfg
 
 
@@ -243,6 +330,19 @@ class Rows:
                                         self.truncated, self.format_ok)]
 
 
+def finite_rewards(scores: list, tasks: list) -> tuple[list, int]:
+    """(scores with every NaN / infinite one set to 0, how many were). One such reward would make the
+    task's mean, and through TMN's mean over tasks every advantage of the global batch, NaN: it is
+    reported with its task and counted in the metric nonfinite_rewards instead (issue 15 item 9)."""
+    out, bad = [], 0
+    for task, r in zip(tasks, scores):
+        if not math.isfinite(r):
+            print(f"warning: task {task}: reward {r} is not a finite number; scored 0", flush=True)
+            r, bad = 0.0, bad + 1
+        out.append(float(r))
+    return out, bad
+
+
 def sample_and_score(model, tok, samples, prompt_ids, cfg: Config, eos_ids, seed: int, label,
                      n: int, temperature: float, top_p: float, max_new: int) -> tuple[Rows, dict]:
     """rollout.generate on this rank's prompts, then rewards.score_batch on the decoded text.
@@ -256,13 +356,15 @@ def sample_and_score(model, tok, samples, prompt_ids, cfg: Config, eos_ids, seed
              for i in range(out.tokens.shape[0])]
     expand = lambda xs: [x for x in xs for _ in range(n)]                        # per prompt -> per row
     tasks, answers = expand([s.task for s in samples]), expand([s.answer for s in samples])
-    scores = rewards.score_batch(tasks, texts, answers, require_think=cfg.require_think)
+    scores, nonfinite = finite_rewards(rewards.score_batch(tasks, texts, answers, require_think=cfg.require_think),
+                                       tasks)
     fmt = [rewards.format_ok(t) for t in texts] if cfg.require_think else [True] * len(texts)
     t2 = time.perf_counter()
     rows = Rows(expand(prompt_ids), out.tokens.cpu(), out.mask.cpu(), out.logprobs.float().cpu(),
                 scores, tasks, expand([(*label, i) for i in range(len(samples))]),
                 out.truncated.cpu().tolist(), fmt)
-    return rows, {"rollout_s": t1 - t0, "reward_s": t2 - t1, "gen_tokens": int(out.mask.sum())}
+    return rows, {"rollout_s": t1 - t0, "reward_s": t2 - t1, "gen_tokens": int(out.mask.sum()),
+                  "nonfinite_rewards": nonfinite}
 
 
 # -----------------------------------------------------------------------------
@@ -300,13 +402,14 @@ class Batch:
     kept: list         # [Record] of the kept rows, all ranks, in the order of the advantages
     my_pos: list       # [int] where this rank's kept rows sit in `kept`
     gen_tokens: int    # tokens generated by this rank
+    nonfinite: int     # rewards that were NaN / infinite, scored 0 (this rank)
     times: dict        # seconds on this rank: rollout_s, reward_s
 
 
 def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: int, device) -> Batch:
     """Steps 1-5: generation rounds until the global batch holds cfg.prompts_per_step prompts with a
     learning signal (or cfg.max_gen_rounds is reached)."""
-    b = Batch(Rows.cat([]), [], [], [], 0, {"rollout_s": 0.0, "reward_s": 0.0})
+    b = Batch(Rows.cat([]), [], [], [], 0, 0, {"rollout_s": 0.0, "reward_s": 0.0})
     need, parts = cfg.prompts_per_step, []
     for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling else 1):
         samples = batches.next_batch()                                           # step 1
@@ -318,6 +421,7 @@ def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: 
             rows, t = sample_and_score(sampler, tok, samples, ids, cfg, eos_ids, seed, (step, rnd, rank),
                                        cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
             b.gen_tokens += t.pop("gen_tokens")
+            b.nonfinite += t.pop("nonfinite_rewards")
             for k, v in t.items():
                 b.times[k] += v
         all_records = [[Record(*x) for x in recs] for recs in gather(rows.records())]  # step 4
@@ -373,6 +477,14 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
 
 
+def forward_fns(cfg: Config):
+    """(training forward, micro-batch planner): the shared-prefix pair runs a group's prompt once,
+    the per-row pair G times (issue 10; the per-row one stays as the reference)."""
+    if cfg.shared_prefix:
+        return policy.forward_logprobs_shared, policy.shared_micro_batches
+    return policy.forward_logprobs, policy.micro_batches
+
+
 def old_logprobs(tr: Trainer, rows: Rows, cfg: Config, pad_id: int):
     """[R, T] log-probs under the policy before this batch's first optimizer step, or None.
 
@@ -383,17 +495,19 @@ def old_logprobs(tr: Trainer, rows: Rows, cfg: Config, pad_id: int):
     """
     if cfg.mini_batches == 1:
         return None
+    fwd, split = forward_fns(cfg)
     old_lp = torch.zeros(rows.tokens.shape, device=tr.device)
     with torch.no_grad(), tr.autocast():
-        for mb in policy.micro_batches(rows, list(range(len(rows.prompts))), cfg.micro_batch_tokens):
-            old_lp[mb] = policy.forward_logprobs(tr.net, rows, mb, pad_id, tr.device)
+        for mb in split(rows, list(range(len(rows.prompts))), cfg.micro_batch_tokens):
+            old_lp[mb] = fwd(tr.net, rows, mb, pad_id, tr.device)
     return old_lp
 
 
 def micro_batch_loss(tr: Trainer, rows: Rows, mb: list, adv: torch.Tensor, old_lp, ref, cfg: Config,
                      pad_id: int, n_tok: float, n_seq: float) -> tuple[torch.Tensor, dict]:
     """Steps 7-8 for the rows `mb`: the policy loss (a share of the global token mean) and its metrics."""
-    lp = policy.forward_logprobs(tr.model, rows, mb, pad_id, tr.device)             # [b, T] with grad
+    fwd, _ = forward_fns(cfg)
+    lp = fwd(tr.model, rows, mb, pad_id, tr.device)                                  # [b, T] with grad
     mask = rows.mask[mb].to(tr.device)
     old = old_lp[mb] if old_lp is not None else lp.detach()  # ratio 1 at mini_batches=1 (old_logprobs)
     is_w, m_is = None, {}
@@ -403,7 +517,7 @@ def micro_batch_loss(tr: Trainer, rows: Rows, mb: list, adv: torch.Tensor, old_l
                                cfg.dual_clip, is_w, cfg.loss_agg, num_tokens=n_tok, num_seqs=n_seq)
     if ref is not None:  # optional k3 KL to the frozen initial policy, token-mean
         with torch.no_grad():
-            ref_lp = policy.forward_logprobs(ref, rows, mb, pad_id, tr.device)
+            ref_lp = fwd(ref, rows, mb, pad_id, tr.device)
         loss = loss + cfg.kl_coef * (grpo.kl_k3(lp, ref_lp) * mask).sum() / max(n_tok, 1)
     return loss, {**m, **m_is}
 
@@ -429,7 +543,7 @@ def mini_batch_backward(tr: Trainer, rows: Rows, part: list, adv, old_lp, ref, c
     """
     n_tok, n_seq = all_reduce_list([sum(int(rows.mask[i].sum()) for i in part),
                                     sum(bool(rows.mask[i].any()) for i in part)], tr.device)
-    mbs = policy.micro_batches(rows, part, cfg.micro_batch_tokens)
+    mbs = forward_fns(cfg)[1](rows, part, cfg.micro_batch_tokens)
     metrics, n, bad = {}, 0, 0.0
     if not mbs:
         with tr.autocast():
@@ -549,11 +663,11 @@ def speed_metrics(batch: Batch, rows: Rows, update_s: float, device) -> dict:
     """Seconds per phase (slowest rank), tokens per second and peak memory of one step.
 
     Two collectives with fixed-length lists, the same on every rank whatever its data (issue 9)."""
-    gen_tokens, train_tokens = all_reduce_list(
-        [batch.gen_tokens, sum(len(p) for p in rows.prompts) + int(rows.mask.sum())], device)
+    nonfinite, gen_tokens, train_tokens = all_reduce_list(
+        [batch.nonfinite, batch.gen_tokens, sum(len(p) for p in rows.prompts) + int(rows.mask.sum())], device)
     rollout_s, reward_s, update_s = all_reduce_list(
         [batch.times["rollout_s"], batch.times["reward_s"], update_s], device, dist.ReduceOp.MAX)
-    return {"rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s,
+    return {"nonfinite_rewards": nonfinite, "rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s,
             "gen_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
             "update_tokens_per_s": train_tokens / max(update_s, 1e-9),
             "peak_mem_gib": (torch.cuda.max_memory_allocated() if device.type == "cuda" else
@@ -577,19 +691,19 @@ def log_step(bar, step: int, m: dict):
 def load_data(cfg: Config, tok) -> tuple[list, list]:
     """(training samples, evaluation samples): the JSONL files given, or tasks built from the
     built-in documents with the first cfg.eval_per_task of each task type held out."""
-    if cfg.data:
-        train_set = data.load_jsonl(cfg.data)
+    if cfg.data:  # skipped records are counted and logged by load_jsonl
+        train_set = data.load_jsonl(cfg.data, skip_unknown=cfg.skip_unknown_sources)
         eval_set = []
     else:
-        built = data.build_tasks(data.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
-                                 cfg.context_tokens, cfg.seed)
+        built = tasks.build_tasks(tasks.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
+                                  cfg.context_tokens, cfg.seed)
         held: dict = {}
         train_set, eval_set = [], []
         for s in built:
             held[s.task] = held.get(s.task, 0) + 1
             (eval_set if held[s.task] <= cfg.eval_per_task else train_set).append(s)
     if cfg.eval_data:
-        eval_set = data.load_jsonl(cfg.eval_data)
+        eval_set = data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources)
     if not train_set and not cfg.eval_only:
         sys.exit(f"no training samples (data: {cfg.data or 'built-in tasks'}): nothing to train on")
     return train_set, eval_set
@@ -636,6 +750,7 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = policy.load_model(str(ckpt or base), device, cfg.trust_remote_code, log)
+    checkpoint.check_saveable(model, log)  # now, not after training (issue 15 item 3)
     eos_ids = policy.eos_token_ids(tok, model)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()  # non-reentrant: works under DDP
@@ -664,14 +779,6 @@ def make_trainer(model, cfg: Config, world: int, device) -> Trainer:
     return Trainer(net, ddp, optimizer, scheduler, world, device)
 
 
-def start_metrics(metrics_path: Path, start: int, rank: int):
-    """On resume keep only the metric lines the checkpoint had seen; a fresh run starts empty."""
-    if rank == 0:
-        old = open(metrics_path).read().splitlines() if metrics_path.exists() and start else []
-        with open(metrics_path, "w") as f:
-            f.writelines(l + "\n" for l in old if json.loads(l).get("step", 0) <= start)
-
-
 # -----------------------------------------------------------------------------
 # The main loop
 
@@ -685,9 +792,9 @@ def main(argv=None):
     torch.manual_seed(cfg.seed + rank)  # sampling seeds below are explicit; this covers the rest
     random.seed(cfg.seed + rank)
 
-    ckpt = checkpoint.latest_checkpoint(out_dir) if cfg.resume else None
+    ckpt = checkpoint.latest_checkpoint(out_dir, log) if cfg.resume else None  # damaged ones skipped, said
     if cfg.resume:
-        log(f"resuming from {ckpt}" if ckpt else f"--resume: no complete checkpoint in {out_dir}; fresh start")
+        log(f"resuming from {ckpt}" if ckpt else f"--resume: no intact checkpoint in {out_dir}; fresh start")
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
     train_set, eval_set = load_data(cfg, tok)
     dropped = 0
@@ -712,7 +819,7 @@ def main(argv=None):
         log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
         if rank == 0:
             with open(out_dir / "evals.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **m}) + "\n")
+                f.write(checkpoint.json_line({"step": step, **m}))
         return m
 
     state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True) if ckpt else None
@@ -727,7 +834,8 @@ def main(argv=None):
         if len(state["rng"]) == world:
             checkpoint.set_rng_state(state["rng"][rank])
     metrics_path = out_dir / "metrics.jsonl"
-    start_metrics(metrics_path, start, rank)
+    if rank == 0:  # keep only the steps the checkpoint had seen; damaged lines set aside, never lost
+        checkpoint.resume_metrics(metrics_path, start, log)
 
     from tqdm import tqdm
     bar = tqdm(range(start + 1, cfg.steps + 1), disable=rank != 0, desc="train", dynamic_ncols=True)
@@ -743,7 +851,9 @@ def main(argv=None):
              **step_metrics(batch.generated, batch.kept, adv, cfg)}
         t_update = time.perf_counter()
         if batch.kept:
-            m.update(update(tr, batch.mine, adv[batch.my_pos], ref, cfg, tok.pad_token_id))  # steps 7-9
+            # the shared-prefix attention stays selected through backward: checkpointing recomputes
+            with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
+                m.update(update(tr, batch.mine, adv[batch.my_pos], ref, cfg, tok.pad_token_id))  # 7-9
             sync_sampler(sampler, model)
         else:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
@@ -754,7 +864,7 @@ def main(argv=None):
             m.update(run_eval(step))
         if rank == 0:
             with open(metrics_path, "a") as f:
-                f.write(json.dumps(m) + "\n")
+                f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
             log_step(bar, step, m)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
             rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank

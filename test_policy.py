@@ -1,0 +1,226 @@
+"""Tests for policy.py's shared-prefix training forward against the per-row forward (the reference).
+
+    python -m pytest -q test_policy.py --durations=5
+
+The per-row path (policy.forward_logprobs: one padded row [prompt, r_j] per response) is the slow
+obvious reference; the shared path (policy.forward_logprobs_shared: one packed [prompt, r_1..r_G]
+per group) must give the same log-probs and the same gradients, on the torch kernel and on the
+flash-attn kernel (run on CPU against test_rollout's fake flash_attn, written from flash-attn's
+documented semantics). Tiny random float32 Qwen3 and Llama models.
+"""
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import grpo
+import policy
+from conftest import tiny_llama, tiny_qwen3
+from test_rollout import make_fake_flash_attn
+
+CPU = torch.device("cpu")
+INIT = 0.3  # random weights large enough that attention matters (as in test_rollout)
+
+
+def make_model(family: str):
+    if family == "qwen3":  # Qwen's full vocabulary (its special ids live at the end); tokens below 64
+        return tiny_qwen3(initializer_range=INIT)
+    return tiny_llama(vocab_size=64, initializer_range=INIT)
+
+
+def make_rows(vocab: int, prompt_lens, group_sizes, T: int = 7, eos: int = 2, seed: int = 1):
+    """Rows as train.Rows holds them (prompt-major, the n rows of a prompt share its list): responses
+    of T tokens where EOS lands at a different step per row, then pad 0 and mask False. One row of
+    the last group has no response token at all (a row the forward must skip, not break on)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, tokens, mask, k = [], [], [], 0
+    for L, n in zip(prompt_lens, group_sizes):
+        p = torch.randint(3, vocab, (L,), generator=g).tolist()
+        for _ in range(n):
+            r = 1 + (3 * k + L) % T  # response length = EOS step + 1, varies row to row
+            t = torch.randint(3, vocab, (T,), generator=g)
+            t[r - 1] = eos
+            m = torch.arange(T) < r
+            prompts.append(p)
+            tokens.append(torch.where(m, t, 0))
+            mask.append(m)
+            k += 1
+    mask[-1][:] = False
+    tokens[-1][:] = 0
+    return SimpleNamespace(prompts=prompts, tokens=torch.stack(tokens), mask=torch.stack(mask))
+
+
+def policy_loss(lp, rows, mb):
+    """The trainer's loss on these rows (token-mean, clip, the per-row advantages below)."""
+    adv = torch.linspace(-1, 1, len(mb))
+    old = lp.detach() + 0.05 * torch.cos(torch.arange(lp.numel()).view_as(lp))  # off-policy: clip acts
+    loss, _ = grpo.policy_loss(lp, old, adv, rows.mask[mb], 0.2, 0.28, 3.0, None, "token-mean",
+                               num_tokens=int(rows.mask[mb].sum()))
+    return loss
+
+
+def grads(net, rows, batches, forward):
+    """Parameter gradients of the policy loss summed over micro-batches (as train.update does)."""
+    net.zero_grad(set_to_none=True)
+    for mb in batches:
+        lp = forward(net, rows, mb, 0, CPU)
+        policy_loss(lp, rows, mb).backward()
+    return {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+
+def assert_same_grads(a: dict, b: dict, rel: float = 1e-4):
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        err = float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12))
+        assert err < rel, (k, err)
+
+
+@pytest.fixture(params=["torch", "flash"])
+def path(request, monkeypatch):
+    """Which kernel forward_logprobs_shared runs; 'flash' installs the fake flash_attn module."""
+    if request.param == "flash":
+        monkeypatch.setitem(sys.modules, "flash_attn", make_fake_flash_attn({}))
+    return request.param
+
+
+def shared(path):
+    return lambda net, rows, mb, pad, dev: policy.forward_logprobs_shared(net, rows, mb, pad, dev,
+                                                                           attention=path)
+
+
+# -----------------------------------------------------------------------------
+# Log-probs and gradients equal the per-row path
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_shared_logprobs_and_grads_equal_per_row(family, path):
+    net = policy.Policy(make_model(family).train(), temperature=0.8, chunk=16)
+    rows = make_rows(64, prompt_lens=[9, 4, 15], group_sizes=[3, 1, 4])
+    mb = list(range(len(rows.prompts)))
+    want = policy.forward_logprobs(net, rows, mb, 0, CPU)
+    got = shared(path)(net, rows, mb, 0, CPU)
+    assert got.shape == want.shape and (got[~rows.mask] == 0).all()
+    assert float((got - want).abs().max().detach()) < 1e-4
+    assert float(want[rows.mask].abs().min().detach()) > 0  # every response token was scored
+    assert_same_grads(grads(net, rows, [mb], policy.forward_logprobs), grads(net, rows, [mb], shared(path)))
+
+
+def test_rows_of_a_group_need_not_be_adjacent_or_ordered():
+    """The result follows the order of `mb` whatever the packing order (train's mini-batches pick
+    rows k::K, old_lp[mb] writes them back by position)."""
+    net = policy.Policy(make_model("llama"), temperature=1.0, chunk=16)
+    rows = make_rows(64, prompt_lens=[6, 11], group_sizes=[3, 3])
+    mb = [4, 0, 5, 2, 1]
+    want = policy.forward_logprobs(net, rows, mb, 0, CPU)
+    got = policy.forward_logprobs_shared(net, rows, mb, 0, CPU)
+    assert float((got - want).abs().max().detach()) < 1e-4
+
+
+# -----------------------------------------------------------------------------
+# Micro-batching by packed tokens; a group over the budget split into sub-groups
+
+def packed_tokens(rows, mb):
+    return sum(len(rows.prompts[g[0]]) + sum(int(rows.mask[i].sum()) for i in g)
+               for g in policy.group_rows(rows, mb))
+
+
+def test_shared_micro_batches_count_the_prompt_once_and_split_big_groups():
+    rows = make_rows(64, prompt_lens=[20, 5, 8], group_sizes=[4, 2, 3])
+    idx = list(range(len(rows.prompts)))
+    budget = 30
+    mbs = policy.shared_micro_batches(rows, idx, budget)
+    assert sorted(i for mb in mbs for i in mb) == idx  # every row exactly once
+    for mb in mbs:
+        assert packed_tokens(rows, mb) <= budget or len(mb) == 1
+    # group 0 (20 + 4 responses) does not fit 30 tokens: sub-groups, each carrying the prompt
+    holders = [mb for mb in mbs if set(mb) & {0, 1, 2, 3}]
+    assert len(holders) > 1
+    # with a large budget the whole batch is one micro-batch, prompts counted once
+    assert policy.shared_micro_batches(rows, idx, 10_000) == [idx]
+    assert packed_tokens(rows, idx) == 33 + int(rows.mask.sum())
+
+
+def test_group_split_across_micro_batches_gives_the_same_logprobs_and_grads(path):
+    net = policy.Policy(make_model("qwen3").train(), temperature=1.0, chunk=16)
+    rows = make_rows(64, prompt_lens=[12, 7], group_sizes=[5, 3])
+    idx = list(range(len(rows.prompts)))
+    mbs = policy.shared_micro_batches(rows, idx, 24)
+    assert any(len(set(mb) & set(range(5))) not in (0, 5) for mb in mbs)  # group 0 is split
+    fwd = shared(path)
+    got = torch.zeros(rows.tokens.shape)
+    for mb in mbs:
+        got[mb] = fwd(net, rows, mb, 0, CPU).detach()
+    want = policy.forward_logprobs(net, rows, idx, 0, CPU)
+    assert float((got - want).abs().max().detach()) < 1e-4
+    # the loss is a sum over micro-batches only when each divides by the same global token count
+    n_tok = int(rows.mask.sum())
+
+    def grads_mb(batches, forward):
+        net.zero_grad(set_to_none=True)
+        for mb in batches:
+            lp = forward(net, rows, mb, 0, CPU)
+            adv = torch.linspace(-1, 1, len(rows.prompts))[mb]
+            loss, _ = grpo.policy_loss(lp, lp.detach(), adv, rows.mask[mb], 0.2, 0.28, 3.0, None,
+                                       "token-mean", num_tokens=n_tok)
+            loss.backward()
+        return {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+    assert_same_grads(grads_mb([idx], policy.forward_logprobs), grads_mb(mbs, fwd))
+
+
+# -----------------------------------------------------------------------------
+# The attention setting: selected only while needed, through backward under checkpointing
+
+def test_gradient_checkpointing_needs_the_setting_through_backward():
+    """HF's checkpointing recomputes each layer in backward and looks the attention function up by
+    name then. Outside policy.shared_prefix_setting that would be the model's own attention over the
+    packed sequence: wrong gradients. So the forward refuses; inside the setting the gradients are
+    the per-row ones."""
+    lm = make_model("llama").train()
+    lm.activation_checkpointing_enable()  # as train.py does (non-reentrant)
+    net = policy.Policy(lm, temperature=1.0, chunk=16)
+    rows = make_rows(64, prompt_lens=[8, 5], group_sizes=[2, 3])
+    mb = list(range(len(rows.prompts)))
+    with pytest.raises(RuntimeError, match="shared_prefix_setting"):
+        policy.forward_logprobs_shared(net, rows, mb, 0, CPU)
+    want = grads(net, rows, [mb], policy.forward_logprobs)
+    with policy.shared_prefix_setting(lm):
+        got = grads(net, rows, [mb], policy.forward_logprobs_shared)
+    assert lm.config._attn_implementation == "sdpa"  # restored
+    assert_same_grads(want, got)
+    # what the check prevents: the setting dropped before backward. The recompute then runs the
+    # model's own attention, which saves other tensors than the forward did; torch's checkpoint
+    # notices here (a kernel that saved the same shapes would give wrong gradients silently)
+    with policy.shared_prefix_setting(lm):
+        lp = policy.forward_logprobs_shared(net, rows, mb, 0, CPU)
+    with pytest.raises(torch.utils.checkpoint.CheckpointError):
+        policy_loss(lp, rows, mb).backward()
+
+
+def test_setting_restores_the_attention_also_on_error_and_plain_calls_still_work():
+    lm = make_model("qwen3")
+    net = policy.Policy(lm, temperature=1.0, chunk=16)
+    rows = make_rows(64, prompt_lens=[5, 9], group_sizes=[2, 2])
+    mb = [0, 1, 2, 3]
+    want = policy.forward_logprobs(net, rows, mb, 0, CPU)
+    with pytest.raises(KeyError):
+        with policy.shared_prefix_setting(lm):
+            assert lm.config._attn_implementation == policy.PACKED_ATTN
+            raise KeyError("boom")
+    assert lm.config._attn_implementation == "sdpa"
+    # a plain right-padded per-row batch inside the setting (train.update's zero-row pass) is exact
+    with policy.shared_prefix_setting(lm):
+        inside = policy.forward_logprobs(net, rows, mb, 0, CPU)
+    assert float((inside - want).abs().max().detach()) < 1e-5
+
+
+def test_flash_kernel_is_the_one_called_and_auto_stays_on_torch_on_cpu(monkeypatch):
+    calls = {}
+    monkeypatch.setitem(sys.modules, "flash_attn", make_fake_flash_attn(calls))
+    net = policy.Policy(make_model("llama"), temperature=1.0, chunk=16)
+    rows = make_rows(64, prompt_lens=[5, 3], group_sizes=[2, 2])
+    policy.forward_logprobs_shared(net, rows, [0, 1, 2, 3], 0, CPU, attention="flash")
+    assert calls["varlen"] == 2 * net.lm.config.num_hidden_layers  # prompts + responses, per layer
+    assert policy.shared_attention_path(CPU) == "torch"
+    with pytest.raises(ValueError, match="attention"):
+        policy.shared_attention_path(CPU, "sdpa")
