@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import data
+import rollout
 import train
 from test_train import ROOT, args, free_port, metrics, tiny  # noqa: F401  (tiny is a fixture)
 
@@ -171,3 +172,52 @@ def test_too_long_prompts_dropped_at_load(tiny, qwen_tokenizer, tmp_path, monkey
     assert [m["dropped_too_long"] for m in metrics(tmp_path)] == [too_long] * 4
     assert f"data: {too_long} of {len(lengths)} training prompts are longer" in capsys.readouterr().out
     assert sum(drawn) == 0  # no step met a too-long prompt
+
+
+# -----------------------------------------------------------------------------
+# Issue 9 item 4: kept rows spread evenly over the ranks
+
+def test_pick_groups_balances_kept_rows_over_ranks():
+    """8 ranks x 64 prompts, G=16, need 128, half the groups zero-variance (at random): filling rank
+    by rank gave kept rows [624, 624, 400, 400, 0, 0, 0, 0]; now every rank is within one group."""
+    g = torch.Generator().manual_seed(0)
+    ranks, prompts, G, need = 8, 64, 16, 128
+    flat = torch.randperm(ranks * prompts, generator=g) < ranks * prompts // 2   # True = zero variance
+    all_rows = []
+    for r in range(ranks):
+        groups, rews = [], []
+        for p in range(prompts):
+            zero = bool(flat[r * prompts + p])
+            groups += [(r, p)] * G
+            rews += [0.0] * G if zero else torch.rand(G, generator=g).tolist()
+        all_rows.append((groups, rews))
+    keep = train.pick_groups(all_rows, need, filtering=True)
+    rows = [len(k) for k in keep]
+    assert sum(rows) == need * G
+    assert max(rows) - min(rows) <= G, rows
+    for (groups, rews), k in zip(all_rows, keep):   # only whole groups with a learning signal
+        kept = {groups[i] for i in k}
+        assert len(k) == len(kept) * G
+        assert all(max(rews[i] for i in k if groups[i] == x) > min(rews[i] for i in k if groups[i] == x)
+                   for x in kept)
+    # a rank with fewer usable prompts than its share gives them all; the others make up the rest
+    all_rows[0] = (all_rows[0][0], [0.0] * len(all_rows[0][1]))
+    rows = [len(k) for k in train.pick_groups(all_rows, need, filtering=True)]
+    assert rows[0] == 0 and sum(rows) == need * G and max(rows[1:]) - min(rows[1:]) <= G, rows
+
+
+# -----------------------------------------------------------------------------
+# Issue 9 item 1: the paper recipe's KV budget fits the recipe's own largest prompt
+
+def test_paper_kv_budget_fits_the_largest_prompt():
+    cfg = train.parse_config(["--recipe", "paper"])
+    n, new, budget = cfg.group_size, cfg.max_new_tokens, cfg.kv_budget_tokens
+    assert budget == cfg.max_prompt_tokens + n * new == 425_984
+    lengths = [cfg.max_prompt_tokens, 120_000, 40_000, 30_000, 2_000, 100]   # one rank's prompts
+    waves = rollout.plan_waves(lengths, n, new, budget)
+    assert sorted(i for w in waves for i in w) == list(range(len(lengths)))
+    assert all(rollout.wave_kv_tokens([lengths[i] for i in w], n, new) <= budget for w in waves)
+    assert rollout.count_over_budget(lengths, waves, n, new, budget) == 0
+    assert waves[0] == [0]  # the longest prompt fills a wave by itself
+    # the old value (262,144) was below what a single 100-token prompt needs at G=16 x 16,384
+    assert rollout.wave_kv_tokens([100], n, new) > 262_144

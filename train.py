@@ -83,7 +83,9 @@ class Config:
     temperature: float = option(1.0, "sampling temperature (paper: 1.0)")
     top_p: float = option(1.0, "nucleus sampling (paper: 1.0)")
     top_k: int = option(0, "top-k sampling, 0 = off (paper: off)")
-    kv_budget_tokens: int = option(0, "KV tokens per generation wave, 0 = rollout.py's default")
+    kv_budget_tokens: int = option(0, "KV positions per generation wave (prompts padded to the wave's "
+                                     "longest + n x max_new_tokens each); 0 = no limit: all of a rank's prompts "
+                                     "in one wave (paper: 425,984)")
     require_think: bool = option(False, "format gate: reward 0 without exactly one </think> (paper: on)")
     # objective
     advantage: str = option("tmn_reweight", "grpo | tmn | tmn_reweight")
@@ -125,7 +127,9 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              gen_prompts=512, max_gen_rounds=4, clip_low=0.2, clip_high=0.28, dual_clip=3.0,
              temperature=1.0, top_p=1.0, top_k=0, max_prompt_tokens=163_840, max_new_tokens=16_384,
              require_think=True, advantage="tmn_reweight", alpha=0.8, micro_batch_tokens=32_768,
-             kv_budget_tokens=262_144)  # KV positions per generation wave: ~30-40 GB bf16 for Qwen3-1.7B/4B
+             # KV positions per generation wave: the recipe's largest prompt with its G x max_new rows
+             # (rollout.wave_kv_tokens), so that prompt fits a wave of its own: 163,840 + 16 x 16,384
+             kv_budget_tokens=163_840 + 16 * 16_384)
 
 
 # Lower bounds of the numeric fields, and why (issue 15 item 5: each was found late, or never).
@@ -375,22 +379,26 @@ def pick_groups(all_rows: list, need: int, filtering: bool) -> list:
 
     all_rows: every rank's (groups, rewards) lists of this round, in rank order (gathered: small).
     Returns, per rank, the kept row indices.
-    A prompt is kept if its rewards are not all equal (or filtering is off), in global order, until
-    `need` prompts are kept; the surplus is discarded (SPEC section 5).
+    A prompt is usable if its rewards are not all equal (or filtering is off); the surplus beyond
+    `need` usable prompts is discarded (SPEC section 5). Usable prompts are taken round-robin over
+    the ranks (each rank's first, then each rank's second, ...; a rank that runs out is skipped), so
+    every rank ends with (almost) the same number of kept rows: filling rank by rank left half the
+    GPUs of an 8-rank step idle in a dummy backward (issue 9: kept rows [624, 624, 400, 400, 0, 0, 0, 0]).
     """
-    keep = [[] for _ in all_rows]
-    for r, (groups, rewards_) in enumerate(all_rows):
+    usable = []  # per rank: the row indices of each usable prompt, in the rank's order
+    for groups, rewards_ in all_rows:
         by_group: dict = {}
         for i, g in enumerate(groups):
             by_group.setdefault(g, []).append(i)
-        for idx in by_group.values():
-            if need <= 0:
-                break
-            vals = [rewards_[i] for i in idx]
-            if filtering and max(vals) == min(vals):
-                continue  # zero variance: no learning signal, only noise in the statistics
-            keep[r].extend(idx)
-            need -= 1
+        # zero variance: no learning signal, only noise in the statistics
+        usable.append([idx for idx in by_group.values()
+                       if not (filtering and max(rewards_[i] for i in idx) == min(rewards_[i] for i in idx))])
+    keep = [[] for _ in all_rows]
+    for j in range(max((len(u) for u in usable), default=0)):   # j-th usable prompt of every rank
+        for r, u in enumerate(usable):
+            if need > 0 and j < len(u):
+                keep[r].extend(u[j])
+                need -= 1
     return keep
 
 
