@@ -50,8 +50,11 @@ for name in ("all_reduce", "all_gather", "all_gather_object", "broadcast", "broa
 # DDP all-reduces gradients from C++; a communication hook sees each bucket it sends
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 real_init = torch.nn.parallel.DistributedDataParallel.__init__
+OUT = sys.argv[sys.argv.index("--out-dir") + 1]
 def ddp_init(self, *a, **k):
     real_init(self, *a, **k)
+    json.dump({{n: v for n, v in k.items() if isinstance(v, bool)}},
+              open(os.path.join(os.path.dirname(OUT), f"ddp_flags_rank{{rank}}.json"), "w"))
     def hook(state, bucket):
         calls.append(["ddp_bucket", [bucket.buffer().numel()], ""])
         return allreduce_hook(state, bucket)
@@ -72,8 +75,7 @@ else:
     rewards.score_batch = lambda tasks, texts, answers, **kw: [(len(t) % 5) / 4 for t in texts]
 
 train.main(sys.argv[1:])
-out = sys.argv[sys.argv.index("--out-dir") + 1]
-json.dump(calls, open(os.path.join(out, f"collectives_rank{{rank}}.json"), "w"))
+json.dump(calls, open(os.path.join(OUT, f"collectives_rank{{rank}}.json"), "w"))
 """
 
 
@@ -133,6 +135,8 @@ def test_uneven_ranks_finish(uneven_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert too_long > 0
     assert [m["step"] for m in metrics(out)] == [1, 2]
+    # DDP keeps no second gradient-sized buffer (issue 9 item 5)
+    assert json.load(open(out.parent / "ddp_flags_rank0.json"))["gradient_as_bucket_view"] is True
     assert all(m["dropped_too_long"] == too_long for m in metrics(out))
 
 
@@ -221,3 +225,29 @@ def test_paper_kv_budget_fits_the_largest_prompt():
     assert waves[0] == [0]  # the longest prompt fills a wave by itself
     # the old value (262,144) was below what a single 100-token prompt needs at G=16 x 16,384
     assert rollout.wave_kv_tokens([100], n, new) > 262_144
+
+
+# -----------------------------------------------------------------------------
+# Issue 9 item 5: the memory estimate, checked against a hand computation for Qwen3-4B
+
+def test_memory_estimate_qwen3_4b_by_hand():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    cfg = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+    with torch.device("meta"):  # shapes only, no memory
+        n = sum(p.numel() for p in Qwen3ForCausalLM(cfg).parameters())
+    # by hand, per layer: q 2560x4096 + k, v 2560x1024 each + o 4096x2560 + q/k norms 128 each
+    # + MLP 3 x 2560x9728 + two RMSNorms 2560 = 100,930,816; x 36 layers + tied embedding
+    # 151,936 x 2560 + final norm 2560
+    assert n == 36 * 100_930_816 + 151_936 * 2560 + 2560 == 4_022_468_096
+    kv = train.wave_kv_positions(train.parse_config(["--recipe", "paper"]), world=8)
+    assert kv == 163_840 + 16 * 16_384
+    m = train.memory_estimate(n, cfg, kv)
+    assert m["weights"] == m["grads"] == 4 * n and m["adamw"] == 8 * n and m["sampler"] == 2 * n
+    assert m["ddp_buckets"] == 0
+    assert m["rollout_kv"] == 2 * 36 * 8 * 128 * 2 * 425_984 == 62_813_896_704  # 147,456 bytes a token
+    assert m["total"] == 18 * 4_022_468_096 + 62_813_896_704 == 135_218_322_432  # 125.9 GiB: not 80 GB
+    assert train.memory_estimate(n, cfg, kv, bucket_view=False)["total"] == m["total"] + 4 * n
+    # without a KV budget all of a rank's prompts of a round share one wave
+    cfg0 = train.parse_config(["--recipe", "paper", "--kv-budget-tokens", "0"])
+    assert train.wave_kv_positions(cfg0, world=8) == 512 // 8 * (163_840 + 16 * 16_384)

@@ -18,8 +18,8 @@ One training step (the paper's recipe, SPEC sections 2-6):
   9. gradient clipping, AdamW with linear warmup
 
 How this differs from the paper's released code (a verl fork): plain torch DDP replaces FSDP and
-sequence parallelism, so every GPU holds the whole model and its optimizer state (see README for
-memory advice); generation is our own loop (rollout.py) instead of vLLM; the trainer keeps float32
+sequence parallelism, so every GPU holds the whole model and its optimizer state (README: Memory,
+train.memory_estimate); generation is our own loop (rollout.py) instead of vLLM; the trainer keeps float32
 master weights and runs bf16 autocast on CUDA.
 """
 
@@ -774,6 +774,54 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
     return tok, model, sampler, ref, eos_ids
 
 
+def wave_kv_positions(cfg: Config, world: int) -> int:
+    """KV positions (per layer) of the largest generation wave: rollout.wave_kv_tokens of the
+    longest allowed prompt with its G x max_new rows, or the whole budget if that is larger; with no
+    budget (0) all of a rank's prompts of a round share one wave."""
+    one = cfg.max_prompt_tokens + cfg.group_size * cfg.max_new_tokens
+    if cfg.kv_budget_tokens:
+        return max(cfg.kv_budget_tokens, one)
+    return max((cfg.gen_prompts or cfg.prompts_per_step) // world, 1) * one
+
+
+def memory_estimate(n_params: int, config, kv_positions: int, sampler: bool = True,
+                    bucket_view: bool = True) -> dict:
+    """Bytes per GPU under DDP for a model of n_params parameters (issue 9), before activations:
+
+        weights fp32 4N + gradients fp32 4N + AdamW exp_avg, exp_avg_sq 8N        = 16N
+        + DDP's gradient buckets 4N unless gradient_as_bucket_view (then they *are* the gradients)
+        + bf16 sampler copy 2N (CUDA)
+        + rollout KV, bf16: 2 (K and V) x layers x kv_heads x head_dim x 2 bytes x kv_positions
+
+    config: the model's HF config (num_hidden_layers, num_key_value_heads, head_dim).
+    kv_positions: KV positions of the largest generation wave (wave_kv_positions).
+    """
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
+    m = {"weights": 4 * n_params, "grads": 4 * n_params, "adamw": 8 * n_params,
+         "ddp_buckets": 0 if bucket_view else 4 * n_params, "sampler": 2 * n_params if sampler else 0,
+         "rollout_kv": kv_per_token * kv_positions}
+    m["total"] = sum(m.values())
+    return m
+
+
+def log_memory_estimate(model, cfg: Config, world: int, device, log):
+    """Print the estimate at start-up on CUDA, against the GPU's memory: a run that cannot fit is
+    visible before any GPU time is spent."""
+    if device.type != "cuda":
+        return
+    kv = wave_kv_positions(cfg, world)
+    m = memory_estimate(sum(p.numel() for p in model.parameters()), model.config, kv)
+    have = torch.cuda.get_device_properties(device).total_memory
+    gib = lambda b: f"{b / 2**30:.1f}"
+    log(f"memory estimate per GPU (GiB, activations not included): weights {gib(m['weights'])} + grads "
+        f"{gib(m['grads'])} + AdamW {gib(m['adamw'])} + bf16 sampler {gib(m['sampler'])} + rollout KV "
+        f"{gib(m['rollout_kv'])} ({kv:,} positions per wave) = {gib(m['total'])} of {gib(have)}")
+    if m["total"] > have:
+        log("warning: this does not fit on one GPU under DDP; lower --kv-budget-tokens, --max-new-tokens, "
+            "--group-size or --max-prompt-tokens, or use a smaller model (README: Memory)")
+
+
 def make_trainer(model, cfg: Config, world: int, device) -> Trainer:
     """AdamW with linear warmup then constant, and DDP around the policy when world > 1."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -782,8 +830,12 @@ def make_trainer(model, cfg: Config, world: int, device) -> Trainer:
     net = policy.Policy(model, cfg.temperature, cfg.logprob_chunk)
     ddp = None
     if world > 1:
+        # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets instead of beside
+        # them (saves 4 bytes per parameter, ~16 GB for a 4B model). broadcast_buffers=False: the only
+        # buffers (RoPE frequencies) are equal on every rank and never change, so no broadcast per forward.
         ddp = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True, broadcast_buffers=False)
     return Trainer(net, ddp, optimizer, scheduler, world, device)
 
 
@@ -819,6 +871,7 @@ def main(argv=None):
         print(f"error: {len(train_set)} usable training prompts: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     tr = make_trainer(model, cfg, world, device)
+    log_memory_estimate(model, cfg, world, device, log)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
 
