@@ -294,3 +294,47 @@ def test_paper_recipe_scaled_down_on_two_ranks(tiny, tmp_path):
     init = AutoModelForCausalLM.from_pretrained(tiny / "model").state_dict()
     after = AutoModelForCausalLM.from_pretrained(checkpoint.latest_checkpoint(tmp_path / "out")).state_dict()
     assert any(not torch.equal(init[k], after[k]) for k in init), "the update changed nothing"
+
+
+# -----------------------------------------------------------------------------
+# Issue 15 item 6: an update that would blow up the weights is skipped; an absurd one is shouted about
+
+def test_preview_adamw_equals_the_real_step():
+    """The preview (reference: torch's own AdamW step) over two steps, one weight split in chunks."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        net(torch.randn(4, 7)).square().sum().backward()
+        before = [p.detach().clone() for p in net.parameters()]
+        bad, ratio = train.preview_adamw(opt, chunk=4)
+        opt.step()
+        opt.zero_grad()
+        upd = sum(((p.detach() - b).double() ** 2).sum() for p, b in zip(net.parameters(), before))
+        w = sum((b.double() ** 2).sum() for b in before)
+        assert float(bad) == 0
+        assert float(ratio) == pytest.approx(float((upd / w).sqrt()), rel=1e-4)
+    next(net.parameters()).grad = torch.full((5, 7), float("inf"))
+    assert float(train.preview_adamw(opt)[0]) == 1
+
+
+def test_absurd_lr_warns_and_blowup_is_skipped(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train.rewards, "score_batch", lambda tasks, texts, answers, **kw:
+                        [(len(t) % 5) / 4 for t in texts])
+    from transformers import AutoModelForCausalLM
+    before = AutoModelForCausalLM.from_pretrained(tiny / "model").state_dict()
+    # lr 1e6: the weights move by far more than their size: applied, with a loud warning
+    model = train.main(args(tiny, tmp_path / "a", "--steps", "1"))
+    ratio_ok = metrics(tmp_path / "a")[0]["update_ratio"]
+    assert 0 < ratio_ok < train.ABSURD_UPDATE_RATIO
+    capsys.readouterr()
+    model = train.main(args(tiny, tmp_path / "b", "--steps", "1", "--lr", "1e6"))
+    m = metrics(tmp_path / "b")[0]
+    assert m["update_ratio"] > 1e3 and m["skipped_steps"] == 0
+    assert "WARNING: update/weight norm ratio" in capsys.readouterr().out
+    # lr 1e39: AdamW would write inf into the weights: skipped, weights and optimizer untouched
+    model = train.main(args(tiny, tmp_path / "c", "--steps", "1", "--lr", "1e39"))
+    assert "would make weights non-finite" in capsys.readouterr().out
+    assert metrics(tmp_path / "c")[0]["skipped_steps"] == 1
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -569,17 +569,64 @@ def mini_batch_backward(tr: Trainer, rows: Rows, part: list, adv, old_lp, ref, c
     return metrics, n, bad
 
 
-def optimizer_step(tr: Trainer, cfg: Config, bad: float) -> tuple[float, bool]:
-    """Step 9: clip the global gradient norm, then AdamW, unless a loss or the gradient is non-finite
-    on any rank (every rank then skips, weights untouched). Returns (gradient norm, skipped)."""
+ABSURD_UPDATE_RATIO = 1.0  # ||update|| / ||weights||: Adam at lr 1e-5 moves weights ~1e-3 of their norm
+
+
+@torch.no_grad()
+def preview_adamw(optimizer: torch.optim.Optimizer, chunk: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
+    """What optimizer.step() (AdamW, no amsgrad) would do to the weights, without doing it.
+
+    Returns (1 if any new weight would be non-finite else 0, ||new - old|| / ||old|| over all weights),
+    both 0-dim tensors (no host sync). Per parameter, as torch.optim.AdamW computes it:
+        m' = b1 m + (1 - b1) g      v' = b2 v + (1 - b2) g^2      t' = t + 1
+        p' = p (1 - lr wd) - lr / (1 - b1^t') * m' / (sqrt(v') / sqrt(1 - b2^t') + eps)
+    A chunk of `chunk` elements at a time, so the extra memory is a few chunks, not a weight copy.
+    """
+    device = optimizer.param_groups[0]["params"][0].device
+    bad, upd2, w2 = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
+    for group in optimizer.param_groups:
+        lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            st = optimizer.state.get(p, {})
+            t = float(st["step"]) + 1 if "step" in st else 1.0
+            flat = lambda x: x.detach().reshape(-1).split(chunk)
+            ms = flat(st["exp_avg"]) if "exp_avg" in st else [None] * len(flat(p))
+            vs = flat(st["exp_avg_sq"]) if "exp_avg_sq" in st else [None] * len(flat(p))
+            for w, g, m, v in zip(flat(p), flat(p.grad), ms, vs):
+                g = g.float()
+                m = (1 - b1) * g if m is None else b1 * m + (1 - b1) * g
+                v = (1 - b2) * g * g if v is None else b2 * v + (1 - b2) * g * g
+                new = w * (1 - lr * wd) - lr / (1 - b1 ** t) * m / (v.sqrt() / math.sqrt(1 - b2 ** t) + eps)
+                bad = torch.maximum(bad, (~torch.isfinite(new)).any().double())
+                upd2 += ((new - w).double() ** 2).sum()
+                w2 += (w.double() ** 2).sum()
+    return bad, (upd2 / w2.clamp_min(1e-30)).sqrt()
+
+
+def optimizer_step(tr: Trainer, cfg: Config, bad: float) -> tuple[float, bool, float]:
+    """Step 9: clip the global gradient norm, then AdamW. Every rank skips the step (weights and
+    optimizer state untouched) when a loss or the gradient is non-finite on any rank, or when the
+    step would make any weight non-finite (issue 15: --lr 1e39); an update larger than the weights
+    themselves (--lr 1e6) is applied with a loud warning. Returns (gradient norm, skipped, ratio)."""
     norm = torch.nn.utils.clip_grad_norm_(tr.net.parameters(), cfg.grad_clip)
-    bad = all_reduce(bad + float(not torch.isfinite(norm)), tr.device)
+    blowup, ratio = preview_adamw(tr.optimizer)
+    bad, blowup, ratio = all_reduce_list([bad + float(not torch.isfinite(norm)), float(blowup), float(ratio)],
+                                         tr.device, dist.ReduceOp.MAX)  # one fixed call: ranks agree
     if bad:
         print(f"warning: non-finite loss or gradient (norm {float(norm)}): step skipped", flush=True)
+    elif blowup:
+        print(f"warning: this update would make weights non-finite (update/weight norm ratio {ratio:.3g}, "
+              f"lr {tr.optimizer.param_groups[0]['lr']:.3g}): step skipped, weights untouched", flush=True)
     else:
+        if ratio > ABSURD_UPDATE_RATIO:
+            print(f"WARNING: update/weight norm ratio {ratio:.3g} > {ABSURD_UPDATE_RATIO}: this step moves "
+                  f"the weights by more than their own size (lr {tr.optimizer.param_groups[0]['lr']:.3g}); "
+                  "the run is very likely diverging, check --lr", flush=True)
         tr.optimizer.step()
     tr.optimizer.zero_grad(set_to_none=True)
-    return float(norm), bool(bad)
+    return float(norm), bool(bad or blowup), ratio
 
 
 def update(tr: Trainer, rows: Rows, adv: torch.Tensor, ref, cfg: Config, pad_id: int) -> dict:
@@ -592,12 +639,13 @@ def update(tr: Trainer, rows: Rows, adv: torch.Tensor, ref, cfg: Config, pad_id:
         for k, v in m.items():
             metrics[k] = metrics.get(k, 0.0) + v
         n_metrics += n
-        norm, was_skipped = optimizer_step(tr, cfg, bad)
+        norm, was_skipped, ratio = optimizer_step(tr, cfg, bad)
         skipped += was_skipped
     if skipped < len(parts):
         tr.scheduler.step()  # the schedule counts batches that updated the weights
     return {**{k: v / max(n_metrics, 1) for k, v in metrics.items()},
-            "grad_norm": norm, "skipped_steps": float(skipped)}  # norm of the last mini-batch
+            "grad_norm": norm, "update_ratio": ratio,   # of the last mini-batch
+            "skipped_steps": float(skipped)}
 
 
 def sync_sampler(sampler: nn.Module, model: nn.Module):
