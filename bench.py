@@ -2,6 +2,7 @@
 
     python bench.py                    # every section
     python bench.py --only rewards     # one section: rewards, rollout, logprobs, prefix, learn
+    python bench.py --only rewards,logprobs   # several (or --only rewards --only logprobs)
 
 Each section prints a small table and the ratio fast/plain. Numbers depend on the machine: the README
 quotes them with the command and the hardware. No timing threshold lives in the unit tests.
@@ -347,11 +348,23 @@ def bench_learn(args):
 SECTIONS = {"rewards": bench_rewards, "rollout": bench_rollout, "logprobs": bench_logprobs,
             "prefix": bench_prefix, "learn": bench_learn}
 
-if __name__ == "__main__":
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """--only takes one or more sections, comma separated or repeated: --only rewards,rollout."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
-    p.add_argument("--learn-steps", type=int, default=30, help="training steps of the learn section")
-    args = p.parse_args()
+    p.add_argument("--only", action="append", default=[], metavar="SECTION[,SECTION...]",
+                   help=f"run only these sections, comma separated or repeated (default: all): {', '.join(SECTIONS)}")
+    p.add_argument("--learn-steps", type=int, default=30, help="training steps of the learn section (default: 30)")
+    args = p.parse_args(argv)
+    args.only = [name for arg in args.only for name in arg.split(",") if name]
+    unknown = [name for name in args.only if name not in SECTIONS]
+    if unknown:
+        p.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+if __name__ == "__main__":
+    args = parse_args()
     for name in args.only or SECTIONS:
         print(f"\n=== {name} ===")
         SECTIONS[name](args)

@@ -1,10 +1,15 @@
 """The run folder: checkpoints (a Hugging Face folder + trainer state, written atomically and
 verified before a resume takes one, the last K kept), the random generators they restore,
-metrics.jsonl (strict JSON lines, trimmed safely on resume) and the reward plot drawn from it.
+metrics.jsonl (strict JSON lines, trimmed safely on resume), the guard against starting over a
+finished run, and the reward plot drawn from metrics.jsonl.
 
     import checkpoint
     ckpt = checkpoint.latest_checkpoint(Path("runs/default"))   # newest intact one, or None
     checkpoint.resume_metrics(Path("runs/default/metrics.jsonl"), step=12)   # keep steps 1..12
+    checkpoint.plot_rewards(Path("runs/default"))               # rewards.png (needs matplotlib)
+
+A run folder holds: config.json (the full training config), metrics.jsonl (one line per step),
+evals.jsonl (one line per evaluation), checkpoints/step_NNNNNN/ and rewards.png.
 
 No collectives here: train.py gathers what every rank must contribute and calls these on rank 0.
 """
@@ -59,15 +64,18 @@ def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, 
     """out_dir/checkpoints/step_000012/{model.safetensors, config.json, tokenizer..., trainer_state.pt,
     complete.json}. Written to a temporary folder, flushed to disk (fsync), marked complete and renamed,
     so a crash mid-save leaves the previous one intact (issue 15 item 2).
-    Rank 0 only; `rngs` holds every rank's generators (train.py gathers them), restored rank by rank."""
+    Rank 0 only; `rngs` holds every rank's generators (train.py gathers them), restored rank by rank.
+    optimizer=None (--no-save-optimizer) leaves AdamW's state out: a resume then restarts its moments."""
     root = out_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step_{step:06d}", root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "data": batches.state_dict(), "rng": rngs}, tmp / "trainer_state.pt")
+    state = {"step": step, "scheduler": scheduler.state_dict(), "data": batches.state_dict(), "rng": rngs}
+    if optimizer is not None:  # AdamW's two moments: 8 bytes per parameter, twice the fp32 weights
+        state["optimizer"] = optimizer.state_dict()
+    torch.save(state, tmp / "trainer_state.pt")
     sizes = {}
     for p in sorted(x for x in tmp.iterdir() if x.is_file()):
         with open(p, "rb") as f:
@@ -222,7 +230,8 @@ def resume_metrics(path: Path, step: int, log=print) -> dict:
         log(f"{path}: {len(bad)} damaged line(s) (line {', '.join(map(str, bad[:5]))}"
             f"{' ...' if len(bad) > 5 else ''}) dropped; the original file is kept as {aside}")
     if out["later"]:
-        log(f"{path}: {out['later']} line(s) of steps after {step} (the checkpoint) dropped; they are redone")
+        log(f"{path}: {out['later']} line(s) of steps after {step} dropped "
+            f"({'a fresh start' if step == 0 else 'the checkpoint is at step ' + str(step)}; the run redoes them)")
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.writelines(keep)
@@ -233,23 +242,86 @@ def resume_metrics(path: Path, step: int, log=print) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# Never lose a run: a folder that holds one is only continued (--resume) or replaced (--overwrite)
+
+def holds_run(out_dir: Path) -> list:
+    """What in out_dir belongs to an earlier run: a non-empty metrics.jsonl and the checkpoint folders."""
+    found = [p for p in [out_dir / "metrics.jsonl"] if p.exists() and p.stat().st_size > 0]
+    return found + sorted((out_dir / "checkpoints").glob("step_*"))
+
+
+def check_run_dir(out_dir: Path, resume: bool, overwrite: bool):
+    """Refuse (exit 2, a usage error) to start training into a folder that holds a run, unless the
+    user said --resume (continue it) or --overwrite (replace it). Called before the model loads."""
+    found = holds_run(out_dir)
+    if not found or resume or overwrite:
+        return
+    print(f"error: {out_dir} already holds a run ({', '.join(p.name for p in found)}).\n"
+          f"  --resume     continues it from its newest checkpoint\n"
+          f"  --overwrite  deletes it and starts again at step 0\n"
+          f"  --out-dir    names another folder; --plot or --eval-only alone only read it",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def clear_run_dir(out_dir: Path) -> list:
+    """--overwrite: delete what an earlier run left (metrics, evaluations, checkpoints, plot, config).
+    Other files in the folder stay. Returns the names deleted, for the log."""
+    gone = []
+    for name in ["metrics.jsonl", "evals.jsonl", "rewards.png", "config.json", "checkpoints"]:
+        p = out_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        gone.append(name)
+    return gone
+
+
+# -----------------------------------------------------------------------------
 # The reward plot
 
-def plot_rewards(out_dir: Path):
-    """Per-task mean reward against step, from metrics.jsonl, to rewards.png."""
+def require_matplotlib():
+    """pyplot on the file-only Agg backend, or exit 1 at once naming the package (before any work)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("--plot needs matplotlib (pip install matplotlib); skipped")
-        return
-    lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl")]
-    keys = sorted({k for l in lines for k in l if k.startswith("reward/") and k.endswith("/mean")})
+        sys.exit("--plot needs matplotlib, which is not installed: pip install matplotlib")
+    return plt
+
+
+def reward_curves(lines: list) -> dict:
+    """{task: [(step, mean reward), ...]} from metrics.jsonl records; "all" is the whole batch.
+    A task appears at the steps where the batch held it, so a rare task may have a single point."""
+    curves: dict = {}
+    for line in lines:
+        for k, v in line.items():
+            if k.startswith("reward/") and k.endswith("/mean") and v is not None:  # null: no value that step
+                curves.setdefault(k.split("/")[1], []).append((line["step"], v))
+    return dict(sorted(curves.items()))
+
+
+def plot_rewards(out_dir: Path):
+    """Per-task mean reward against step, from metrics.jsonl, to out_dir/rewards.png. Every task has
+    markers (a task sampled at one step only is one dot, which a line alone would not show) and the
+    step axis has integer ticks. Returns the (closed) matplotlib figure."""
+    plt = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+    lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl") if l.strip()]
+    curves = reward_curves(lines)
+    if not curves:
+        sys.exit(f"{out_dir / 'metrics.jsonl'}: no training step recorded yet, nothing to plot")
     fig, ax = plt.subplots(figsize=(8, 5))
-    for k in keys:
-        pts = [(l["step"], l[k]) for l in lines if l.get(k) is not None]  # null: no value that step
-        ax.plot(*zip(*pts), label=k.split("/")[1], lw=2.5 if "/all/" in k else 1)
+    for task, pts in curves.items():
+        ax.plot(*zip(*pts), label=task, marker="o", ms=3 if task != "all" else 5,
+                lw=2.5 if task == "all" else 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step"), ax.set_ylabel("mean reward"), ax.legend(fontsize=7)
     fig.savefig(out_dir / "rewards.png", dpi=120)
+    plt.close(fig)
     print(f"wrote {out_dir / 'rewards.png'}")
+    return fig

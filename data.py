@@ -10,7 +10,8 @@ difficulty filter live in tasks.py (`python tasks.py build ...`).
 
 Every record of the released set maps to one of the nine task types of rewards.TASKS and a gold
 answer in the type its metric reads (SPEC section 8); a malformed record is a DataError naming the
-file, the line and the field. The paper drops prompts longer than the context budget (SPEC section 6);
+file, the line and the field, and so is a gold its metric could not score (checked by rewards.parse_gold,
+the code that scores it). The paper drops prompts longer than the context budget (SPEC section 6);
 encode_prompts does that by default and can instead cut the middle of the longest document.
 """
 
@@ -88,6 +89,10 @@ class _Unknown(Exception):
         self.reason = reason
 
 
+class _BadGold(DataError):
+    """A record whose gold its metric cannot score (skippable with skip_bad_golds; else a DataError)."""
+
+
 def _get(obj: dict, key: str, types, where: str, name: str = ""):
     """obj[key], checked to be of `types`; a DataError naming the field otherwise."""
     name = name or key
@@ -154,24 +159,6 @@ SOURCES = {"longbench_pro": _longbench_pro, "EM": _label("precise_retrieval"), "
            BUILD_SOURCE: _built}
 
 
-def check_answer(task: str, answer) -> Optional[str]:
-    """None if `answer` has the type rewards.score expects for `task`, else what is wrong."""
-    if task in ("precise_retrieval", "numerical_reasoning"):
-        ok = isinstance(answer, str) and answer.strip()
-    elif task in ("comprehension", "summarization"):  # a letter / text, or a list (LongBench-Pro)
-        ok = (isinstance(answer, str) and answer.strip()) or (
-            isinstance(answer, list) and answer and all(isinstance(a, str) and a.strip() for a in answer))
-    elif task == "structured_extraction":
-        try:
-            rows = json.loads(answer)["data"] if isinstance(answer, str) else answer
-        except (ValueError, TypeError, KeyError, RecursionError):
-            return f'must be rows or a JSON string {{"data": rows}} for {task}'
-        ok = isinstance(rows, list) and all(isinstance(r, list) for r in rows)
-    else:  # list tasks: F1, SubEM, NDCG, pairwise
-        ok = isinstance(answer, list) and answer and all(isinstance(a, str) and a.strip() for a in answer)
-    return None if ok else f"is not a valid gold answer for {task}: {str(answer)[:80]!r}"
-
-
 SURROGATE = re.compile("[\ud800-\udfff]")  # only a JSON escape (\\ud800) can put one in a str
 
 
@@ -226,9 +213,10 @@ def parse_record(rec, where: str) -> Sample:
     if read is None:
         raise _Unknown("unknown_data_source", f"{where}: unknown data_source {source!r}; known: {', '.join(SOURCES)}")
     task, answer, gt_name = read(gt, extra, where)
-    problem = check_answer(task, answer)
-    if problem:
-        raise DataError(f"{where}: field {gt_name!r} {problem}")
+    try:  # the gold read by the same code that will score it (issue 12 item 8): a bad one stops here
+        rewards.parse_gold(task, answer)
+    except ValueError as e:
+        raise _BadGold(f"{where}: field {gt_name!r} is not a valid gold for {task}: {e}") from None
 
     meta = {k: v for k, v in extra.items() if k not in ("index", "task")}
     if "ability" in rec:
@@ -240,12 +228,14 @@ def parse_record(rec, where: str) -> Sample:
     return Sample(sid, task, prompt, answer, source, meta)
 
 
-def load_jsonl(path, *, skip_unknown: bool = False, counts: Optional[dict] = None) -> list[Sample]:
+def load_jsonl(path, *, skip_unknown: bool = False, skip_bad_golds: bool = False,
+               counts: Optional[dict] = None) -> list[Sample]:
     """Read a released-format JSONL file. Malformed lines raise DataError naming file, line and field.
     Unknown data_source / reward_mode raise too, unless skip_unknown: then they are counted in `counts`
-    (reason -> number) and logged. Blank lines are skipped and counted as "blank_line". Records that
-    reuse an earlier record's id are kept (they may be deliberate repeats), counted as "duplicate_id"
-    and logged with their lines."""
+    (reason -> number) and logged. A gold its metric cannot score (rewards.parse_gold) raises too,
+    unless skip_bad_golds: then it is counted as "bad_gold" and each one logged with its line.
+    Blank lines are skipped and counted as "blank_line". Records that reuse an earlier record's id are
+    kept (they may be deliberate repeats), counted as "duplicate_id" and logged with their lines."""
     counts = {} if counts is None else counts
     samples, first_line, dups = [], {}, {}  # id -> line of its first record; id -> lines that reuse it
     with open(path, "rb") as f:  # bytes, so a bad byte is reported with its line number
@@ -270,6 +260,12 @@ def load_jsonl(path, *, skip_unknown: bool = False, counts: Optional[dict] = Non
                 if not skip_unknown:
                     raise DataError(str(e)) from None
                 counts[e.reason] = counts.get(e.reason, 0) + 1
+                continue
+            except _BadGold as e:
+                if not skip_bad_golds:
+                    raise
+                counts["bad_gold"] = counts.get("bad_gold", 0) + 1
+                log.warning("skipped: %s", e)
                 continue
             sid = samples[-1].id
             if sid in first_line:

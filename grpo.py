@@ -95,6 +95,8 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
     adv = advantages.to(logprobs.dtype)
     if adv.dim() == 1:
         adv = adv[:, None]                                                       # [B, 1] -> broadcast
+    # Clamp before exp so the ratio stays finite (float32 exp overflows past 88). A ratio of e^20 = 5e8
+    # or e^-20 = 2e-9 is far outside the clip range, so the loss is the same; only ppo_kl is capped.
     log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     loss1 = -adv * ratio
@@ -140,6 +142,8 @@ def rollout_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Ten
     with torch.no_grad():
         valid = mask.bool()
         log_w = torch.where(valid, old_logprobs - rollout_logprobs, torch.zeros_like(old_logprobs))
+        # Clamp only keeps exp finite: weights outside [low, high] are zeroed below anyway, and the
+        # veto reads the unclamped log_w.
         w = torch.exp(log_w.clamp(-20.0, 20.0))
         in_band = (w >= low) & (w <= high)
         vetoed = ((log_w < math.log(veto)) & valid).any(-1)                      # [B]
@@ -156,8 +160,13 @@ def rollout_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Ten
 
 
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref - logp, clamped to
-    [-10, 10] for stability. Unbiased, always >= 0. Off by default (the paper uses no KL term)."""
+    """k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref - logp, >= 0. Off by default
+    (the paper uses no KL term).
+
+    Unbiased for tokens sampled from pi, before two clamps that trade that for stability: d is clamped
+    to [-20, 20] so exp(d) stays finite, and the output to [-10, 10] (in effect [0, 10], since k3 >= 0)
+    so one token the policy has moved far from the reference cannot dominate the loss (verl clamps the
+    same way). Where a clamp is active the estimate is biased low and its gradient is zero."""
     d = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
     return (torch.exp(d) - d - 1).clamp(-10.0, 10.0)
 

@@ -13,7 +13,7 @@ thinking off (text up to the last "</think>"), optionally applies the format gat
     precise_retrieval       exact_match        str
     comprehension           choice_accuracy    str: "B" (a letter) or the text of the right answer
     exhaustive_retrieval    set_f1             list[str]
-    numerical_reasoning     math_equal         str: "12", "3/4", "\\frac{3}{4}", "25%", "1,234", "1.5e-3"
+    numerical_reasoning     math_equal         str: "12", "3/4", "\\frac{\\sqrt{3}}{2}", "2\\pi", "25%", "(1, 2)", "[0, 1)"
     structured_extraction   row_iou            rows, or a JSON string / dict {"data": rows}
     structured_matching     sub_em             list[str]
     graded_ranking          ndcg               list[str], best first
@@ -22,12 +22,19 @@ thinking off (text up to the last "</think>"), optionally applies the format gat
 
 Model output is untrusted text, thousands of responses per step, each up to 16K tokens. So:
   * nothing here raises on any `response` (garbage scores 0.0); a malformed *gold* is the caller's bug
-    and raises ValueError naming the metric and the problem;
-  * numbers are parsed by hand into exact Fractions: no eval, exec or sympy touches model text;
-  * every metric is linear (or near-linear) in the response length: the two regexes have no nested
-    quantifiers and never rescan text (1 MB of hostile input takes well under a second), and ROUGE-L's
-    LCS is bit-parallel over Python ints (`lcs_length`; the plain O(n*m) DP `lcs_length_dp` is kept next
-    to it as the reference: ~900x slower at 16K x 1K tokens, see bench.py).
+    and raises ValueError naming the metric and the problem. `parse_gold(task, gold)` runs the very
+    check the metric runs, so a loader can refuse a bad gold before training (data.py does);
+  * final answers are read by a small hand-written parser of LaTeX and plain arithmetic (`parse_math`:
+    \\frac, \\sqrt, ^, \\pi, 2\\frac12, 1{,}234, \\text{} units, tuples, intervals, sets) into exact
+    Fractions where possible: no eval, exec or sympy touches model text;
+  * every metric reads at most the last MAX_ANSWER_CHARS = 65,536 characters of the answer (about 16K
+    tokens; from a line break on, so no line is read in part), and the parser at most MAX_EXPR_CHARS =
+    500, nested at most MAX_DEPTH deep, with exact numbers of at most MAX_BITS bits (issue 15 item 8,
+    issue 14). exact_match alone compares the whole answer, a C-speed string compare. Every metric on
+    any 1 MB string returns in well under 100 ms (tested); the regexes have no nested quantifiers and
+    never rescan text, and ROUGE-L's LCS is bit-parallel over Python ints (`lcs_length`; the plain
+    O(n*m) DP `lcs_length_dp` is kept next to it as the reference: ~900x slower at 16K x 1K tokens,
+    see bench.py).
 
 Where this departs from the released scorers (and why):
   * pairwise_accuracy divides by the number of *gold* pairs. The released scorer divides by the pairs of
@@ -40,17 +47,27 @@ Where this departs from the released scorers (and why):
   * ROUGE-L tokens are Unicode alphanumeric runs with each CJK character one token. On ASCII text this is
     exactly rouge-score's tokenizer (no stemming); rouge-score drops non-ASCII letters such as "é".
 
-Imports only the Python standard library: copy the file, or one function, into any trainer.
+Imports only the Python standard library: copy the file, or one function, into any trainer. Needs
+Python 3.10 or newer (int.bit_count in lcs_length).
 """
 
 import functools
 import json
+import math
 import multiprocessing
 import re
 from collections import Counter
 from fractions import Fraction
 from math import log2
 from typing import Callable, Optional, Sequence
+
+# Bounds on what untrusted text can cost (issue 14, issue 15 item 8): every metric on any 1 MB string
+# returns in well under 100 ms, math_equal in under 10 ms.
+MAX_ANSWER_CHARS = 65_536  # every metric reads at most this tail of the answer (~16K tokens)
+MAX_EXPR_CHARS = 500       # a boxed or final answer longer than this is not parsed
+MAX_DEPTH = 50             # nesting of groups, fractions, roots, signs and powers
+MAX_BITS = 4_096           # a larger Fraction continues as a float; beyond float range: unparseable
+MAX_ITEMS = 64             # elements of one tuple, interval, set or list
 
 
 # -----------------------------------------------------------------------------
@@ -59,6 +76,28 @@ from typing import Callable, Optional, Sequence
 def _as_text(response) -> str:
     # The response is untrusted: anything that is not a string (None, bytes) is an empty answer.
     return response if isinstance(response, str) else ""
+
+
+def _tail(response) -> str:
+    """What a metric reads: the last MAX_ANSWER_CHARS characters of the answer. When that cuts the text,
+    reading starts after the first line break in the tail, so no line is read in part ("xdoc1" must not
+    become "doc1"); a tail without a line break is read as empty. Issue 15 item 8: this bounds every
+    metric's work on hostile text (1 MB in well under 100 ms) and costs a real answer nothing."""
+    return _last_chars(_as_text(response), MAX_ANSWER_CHARS)
+
+
+def _last_chars(text: str, n: int, seps: str = "\n") -> str:
+    # The last n characters, from just after the first of `seps` found in them ("" if none is).
+    if len(text) <= n:
+        return text
+    if text[-n - 1] in seps:  # the cut falls on a separator: nothing is read in part
+        return text[-n:]
+    text = text[-n:]
+    for sep in seps:
+        k = text.find(sep)
+        if k >= 0:
+            return text[k + 1:]
+    return ""
 
 
 def answer_text(response: str) -> str:
@@ -119,11 +158,15 @@ def _gold_items(answer, metric: str, *, distinct: bool) -> list[str]:
 # -----------------------------------------------------------------------------
 # Single answers: exact match and multiple choice
 
+def _gold_text(answer) -> str:
+    if not isinstance(answer, str) or not answer.strip():
+        raise ValueError(f"exact_match: gold answer must be a non-empty string, got {answer!r:.80}")
+    return answer.strip()
+
+
 def exact_match(response: str, answer: str) -> float:
     """1.0 if the stripped answer text equals the stripped gold string (precise retrieval)."""
-    if not isinstance(answer, str) or not answer.strip():
-        raise ValueError(f"exact_match: gold answer must be a non-empty string, got {answer!r}")
-    return float(_as_text(response).strip() == answer.strip())
+    return float(_as_text(response).strip() == _gold_text(answer))
 
 
 def _leading_letter(s: str) -> Optional[str]:
@@ -134,15 +177,20 @@ def _leading_letter(s: str) -> Optional[str]:
     return None
 
 
+def _gold_choice(answer) -> str:
+    if isinstance(answer, (list, tuple)):
+        answer = _gold_items(answer, "choice_accuracy", distinct=False)[0]
+    if not isinstance(answer, str) or not _norm(answer):
+        raise ValueError(f"choice_accuracy: gold answer must be a letter or text, got {answer!r:.80}")
+    return answer
+
+
 def choice_accuracy(response: str, answer) -> float:
     """Multiple choice (comprehension): the letter from "The correct answer is (X)", else the first
     answer line, must equal the gold letter. A gold that is not a single letter (LongBench-Pro T3/T11:
     a list whose first item is the answer text) is compared with the first answer line instead."""
-    if isinstance(answer, (list, tuple)):
-        answer = _gold_items(answer, "choice_accuracy", distinct=False)[0]
-    if not isinstance(answer, str) or not _norm(answer):
-        raise ValueError(f"choice_accuracy: gold answer must be a letter or text, got {answer!r}")
-    text = _as_text(response)
+    answer = _gold_choice(answer)
+    text = _tail(response)
     lines = _answer_lines(text)
     gold = answer.strip().strip("()").strip()
     if not (len(gold) == 1 and gold.isascii() and gold.isalpha()):
@@ -162,7 +210,7 @@ def choice_accuracy(response: str, answer) -> float:
 def set_f1(response: str, answer: list[str]) -> float:
     """F1 between the set of predicted lines and the set of gold items (exhaustive retrieval)."""
     gold = set(_gold_items(answer, "set_f1", distinct=False))
-    pred = set(_answer_lines(_as_text(response)))
+    pred = set(_answer_lines(_tail(response)))
     hit = len(gold & pred)
     if hit == 0:
         return 0.0
@@ -175,7 +223,7 @@ def sub_em(response: str, answer: list[str]) -> float:
 
     A whole line must match, not a substring: pasting the document does not match its items."""
     gold = _unique(_gold_items(answer, "sub_em", distinct=False))
-    pred = set(_answer_lines(_as_text(response)))
+    pred = set(_answer_lines(_tail(response)))
     return sum(item in pred for item in gold) / len(gold)
 
 
@@ -186,7 +234,7 @@ def ndcg(response: str, answer: list[str]) -> float:
     gold = _gold_items(answer, "ndcg", distinct=True)
     n = len(gold)
     rel = {item: n - i for i, item in enumerate(gold)}
-    pred = _unique(_answer_lines(_as_text(response)))[:n]
+    pred = _unique(_answer_lines(_tail(response)))[:n]
     dcg = sum(rel.get(item, 0) / log2(j + 2) for j, item in enumerate(pred))
     ideal = sum((n - i) / log2(i + 2) for i in range(n))
     return dcg / ideal
@@ -198,7 +246,7 @@ def pairwise_accuracy(response: str, answer: list[str]) -> float:
     predicted pairs as in the released scorer, so two correct lines no longer score 1.0.
     A one-item gold scores 1.0 if that item is predicted."""
     gold = _gold_items(answer, "pairwise_accuracy", distinct=True)
-    pred = _unique(_answer_lines(_as_text(response)))
+    pred = _unique(_answer_lines(_tail(response)))
     pos = {item: j for j, item in enumerate(pred)}
     ranks = [pos.get(item) for item in gold]  # predicted position of each gold item, None if absent
     n = len(gold)
@@ -277,70 +325,544 @@ def _last_number(text: str) -> Optional[tuple[Fraction, bool]]:
     return _number_value(last) if last else None
 
 
+_BRACE = re.compile(r"[{}]")
+
+
 def _boxed(text: str) -> Optional[str]:
-    """Contents of the last \\boxed{...}, nested braces allowed; None if absent or unbalanced."""
+    """Contents of the last \\boxed{...}, nested braces allowed; None if absent, unbalanced, or not
+    closed within MAX_EXPR_CHARS characters (the parser would not read a longer answer anyway).
+
+    One pass over at most MAX_EXPR_CHARS characters (issue 15 item 8: the old find-hops rescanned
+    the text after every brace, 2.8 s on a 1 MB "\\boxed{{{{...")."""
     k = text.rfind("\\boxed{")
     if k < 0:
         return None
     start = k + len("\\boxed{")
+    stop = start + MAX_EXPR_CHARS + 1
     depth = 1
-    # Count braces with str.find hops, not char by char: linear, and fast on long text.
-    i = start
-    while depth:
-        o, c = text.find("{", i), text.find("}", i)
-        if c < 0:
-            return None
-        if 0 <= o < c:
-            depth, i = depth + 1, o + 1
+    for m in _BRACE.finditer(text, start, stop):
+        depth += 1 if m.group() == "{" else -1
+        if depth == 0:
+            return text[start:m.start()]
+    return None
+
+
+# -----------------------------------------------------------------------------
+# LaTeX and plain arithmetic: a small recursive-descent parser (issue 14), no eval
+
+# The grammar, loosest binding first (each line one method of _Parser):
+#   answer  := item ("," item)*                 several items: a bare list, compared as a set
+#   item    := expr (("=" | \approx) expr)*     "x = 5" is its right side
+#   expr    := term (("+" | "-") term)*
+#   term    := factor (("*" | \times | \cdot | "/" | \div) factor | implicit product)*
+#   factor  := ("-" | "+") factor | power ("%")*
+#   power   := primary (("^" | "**") factor)?   right-associative: 2^3^2 = 2^9
+#   primary := number | mixed number 2\frac12 | (..) [..] {..} \{..\} groups, tuples, intervals, sets
+#            | \frac{a}{b} | \frac34 | \sqrt{x} | \sqrt[n]{x} | \ln \exp \sin \cos \tan power
+#            | \pi | e | \infty | a letter (a variable)
+# Values are exact Fractions while they stay small (MAX_BITS per numerator and denominator) and floats
+# otherwise (\pi, e, irrational roots, huge powers). The bounds at the top of the file (MAX_EXPR_CHARS,
+# MAX_DEPTH, MAX_BITS, MAX_ITEMS) make one parse O(length) with O(1) work per token.
+
+_FRAC = {"\\frac", "\\dfrac", "\\tfrac", "\\cfrac"}
+_MUL = {"*", "\\times", "\\cdot", "\\ast"}
+_DIV = {"/", "\\div"}
+_EQ = {"=", "\\approx"}
+# Functions with one unambiguous reading (\log is left out: base e or base 10 depends on the field).
+_FUNCTIONS = {"\\ln": math.log, "\\exp": math.exp, "\\sin": math.sin, "\\cos": math.cos, "\\tan": math.tan}
+# Dropped with their braced argument: units and words (\text{ cm}); \operatorname{...} ends the parse.
+_TEXT = {"\\text", "\\textrm", "\\textnormal", "\\mathrm", "\\mbox", "\\unit", "\\si", "\\textit"}
+# Ignored tokens: sizing, fonts and siunitx wrappers; their braced argument is read as a group.
+_SKIP = {"\\left", "\\right", "\\big", "\\Big", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\bigg",
+         "\\Bigg", "\\displaystyle", "\\textstyle", "\\mathbf", "\\textbf", "\\boldsymbol", "\\bf",
+         "\\num", "\\quad", "\\qquad", "\\$", "\\boxed", "\\mathit"}
+_OPEN = {"(": ")", "[": None, "{": "}", "\\{": "\\}", "\\lbrace": "\\rbrace"}  # None: ")" or "]"
+
+# Plain-text look-alikes and thin spaces, rewritten before tokenizing (linear str.replace passes).
+# "{,}" is LaTeX's thousands comma (1{,}234); "\," "\!" "\;" "\ " are spaces; degrees are dropped.
+_REWRITE = [("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("\\ ", " "), ("~", " "), ("{,}", ","),
+            ("\\$", ""), ("$", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("\u00b0", ""),
+            ("\u2212", "-"), ("\u00d7", "*"), ("\u22c5", "*"), ("\u00b7", "*"), ("\u00f7", "/"),
+            ("\u03c0", "\\pi "), ("\u221e", "\\infty "), ("\u221a", "\\sqrt "), ("\\%", "%")]
+_LEX = re.compile(
+    r"\s*(?:"
+    r"(?P<num>(?:[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:[eE][-+]?[0-9]+)?)"                      # 12  1,234.5  .5  1.5e-3 (a thousands comma
+    r"|(?P<cmd>\\(?:[a-zA-Z]+|.))"                #   needs groups of exactly 3 digits)
+    r"|(?P<word>[a-zA-Z]+)"
+    r"|(?P<op>\*\*|.))", re.S)
+
+
+class _Unparsable(ValueError):
+    pass
+
+
+class _Var:
+    """An unknown (a letter other than e): fine on the left of "=", unparseable anywhere else."""
+
+
+_VAR = _Var()
+
+
+class _Seq(tuple):
+    """A tuple, interval, set or bare list of values. `kind`: the brackets, "()" "[)" "(]" "[]" (a
+    tuple or an interval: compared in order), or "set" (\\{..\\} or a bare list: in any order)."""
+    kind = ""
+
+    @staticmethod
+    def make(kind: str, items: list) -> "_Seq":
+        if len(items) > MAX_ITEMS:
+            raise _Unparsable("too many items")
+        seq = _Seq(items)
+        seq.kind = kind
+        return seq
+
+
+def _tokens(s: str) -> list[tuple[str, str]]:
+    """(kind, text) tokens; \\text{...} groups and trailing plain words ("12 apples") dropped."""
+    for old, new in _REWRITE:
+        s = s.replace(old, new)
+    out, i, n = [], 0, len(s)
+    while i < n:
+        m = _LEX.match(s, i)
+        i = m.end()
+        kind = m.lastgroup
+        text = m.group(kind)
+        if text.isspace():
+            continue  # trailing whitespace: the lexer's "\s*" then "." matched a space
+        if kind == "cmd" and text in _TEXT:
+            j = s.find("{", i)  # skip the braced argument, nesting allowed
+            if j < 0 or s[i:j].strip():
+                raise _Unparsable(text)
+            depth = 0
+            for b in _BRACE.finditer(s, j):
+                depth += 1 if b.group() == "{" else -1
+                if depth == 0:
+                    i = b.end()
+                    break
+            else:
+                raise _Unparsable("unclosed " + text)
+            continue
+        if kind == "cmd" and text in _SKIP:
+            continue
+        if kind == "op" and text == "**":
+            text = "^"
+        out.append((kind, text))
+    # Units written as words after the number ("12 apples", "5 cm", a final period) are not the value.
+    while out and ((out[-1][0] == "word" and len(out[-1][1]) > 1) or out[-1][1] == "."):
+        out.pop()
+    return out
+
+
+def _number(text: str) -> Fraction:
+    """An exact literal: "1,234.5" -> 2469/2, "1.5e-3" -> 3/2000 (a float if its exponent is huge)."""
+    if text.isdigit() and len(text) <= _MAX_DIGITS:
+        return Fraction(int(text))  # the common case, 4x faster than the general one below
+    mantissa, _, exp = text.replace(",", "").lower().partition("e")
+    whole, _, decimals = mantissa.partition(".")
+    digits = (whole + decimals).lstrip("0") or "0"
+    if len(digits) > _MAX_DIGITS:
+        raise _Unparsable("too many digits")
+    scale = (int(exp) if exp else 0) - len(decimals)
+    if abs(scale) > 1000:  # 10^1000 is ~3,300 bits: leave such values to float (and inf: unparseable)
+        return _finite(float(mantissa + "e" + (exp or "0")))
+    return Fraction(int(digits)) * Fraction(10) ** scale
+
+
+def _finite(x):
+    """Keep exact values small and floats finite: the two bounds that make arithmetic O(1) per step."""
+    if isinstance(x, Fraction):
+        if x.numerator.bit_length() > MAX_BITS or x.denominator.bit_length() > MAX_BITS:
+            x = x.numerator / x.denominator  # int true division: OverflowError beyond float range
         else:
-            depth, i = depth - 1, c + 1
-    return text[start:i - 1]
+            return x
+    if not math.isfinite(x):
+        raise _Unparsable("out of range")
+    return x
 
 
-def _final_answer(text: str) -> Optional[tuple[Fraction, bool]]:
-    """The response's final number: last \\boxed{...}, else after the last "answer is", else the last
-    number anywhere. Inside a box, "x = 5" reads the part after the last "=" and "12 apples" the 12."""
+def _scalar(x):
+    if isinstance(x, _Seq):
+        raise _Unparsable("arithmetic on a tuple")
+    return x
+
+
+def _arith(op: str, a, b):
+    a, b = _scalar(a), _scalar(b)
+    if a is _VAR or b is _VAR:
+        return _VAR
+    if isinstance(a, float) and math.isinf(a) or isinstance(b, float) and math.isinf(b):
+        raise _Unparsable("arithmetic on infinity")
+    if op == "+":
+        r = a + b
+    elif op == "-":
+        r = a - b
+    elif op == "*":
+        r = a * b
+    else:
+        if b == 0:
+            raise _Unparsable("division by zero")
+        r = a / b
+    return _finite(r)
+
+
+def _iroot(p: int, n: int) -> Optional[int]:
+    """The integer r >= 0 with r^n = p, or None (p >= 0)."""
+    if p < 2:
+        return p
+    if n == 2:
+        r = math.isqrt(p)
+    elif p.bit_length() > 50 * n:
+        return None  # a root above 2^50: the float estimate below is too coarse to hit it; use floats
+    else:
+        r = round(math.exp(math.log(p) / n))
+    for c in (r - 1, r, r + 1):
+        if c >= 0 and c ** n == p:
+            return c
+    return None
+
+
+def _root(x, n):
+    """The n-th root of x: exact when x is a Fraction with exact integer roots, else a float."""
+    x, n = _scalar(x), _scalar(n)
+    if x is _VAR or n is _VAR:
+        return _VAR
+    if not (isinstance(n, Fraction) and n.denominator == 1 and 1 <= n <= 64):
+        return _power(x, _arith("/", Fraction(1), n))  # \sqrt[2.5]{x} = x^(1/2.5)
+    n = int(n)
+    sign = -1 if x < 0 else 1
+    if sign < 0 and n % 2 == 0:
+        raise _Unparsable("even root of a negative number")
+    if isinstance(x, Fraction):
+        p, q = _iroot(abs(x.numerator), n), _iroot(x.denominator, n)
+        if p is not None and q is not None:
+            return sign * Fraction(p, q)
+    return _finite(sign * float(abs(x)) ** (1.0 / n))
+
+
+def _power(a, b):
+    a, b = _scalar(a), _scalar(b)
+    if a is _VAR or b is _VAR:
+        return _VAR
+    if isinstance(b, Fraction) and b.denominator == 1:
+        e = b.numerator
+        if a == 0 and e < 0:
+            raise _Unparsable("division by zero")
+        if isinstance(a, Fraction):
+            if abs(a) == 1:
+                return a ** (e % 2)
+            # Size of the exact result, known before computing it: 10^{10^{10}} never gets built.
+            if (max(a.numerator.bit_length(), a.denominator.bit_length()) - 1) * abs(e) <= MAX_BITS:
+                return _finite(a ** e)
+        if a == 0:
+            return a
+        return _no_underflow(float(a) ** float(e))
+    if isinstance(b, Fraction) and b.denominator <= 64 and isinstance(a, Fraction) and a >= 0:
+        r = _root(a, Fraction(b.denominator))  # 8^{2/3} = (8^{1/3})^2 = 4, exactly
+        if isinstance(r, Fraction):
+            return _power(r, Fraction(b.numerator))
+    if a < 0:
+        raise _Unparsable("non-integer power of a negative number")
+    return _no_underflow(float(a) ** float(b)) if a != 0 else a
+
+
+def _no_underflow(x: float) -> float:
+    # A nonzero base to a huge negative power rounds to 0.0, which would then "equal" a gold of 0.
+    if x == 0.0:
+        raise _Unparsable("underflow")
+    return _finite(x)
+
+
+class _Parser:
+    """Recursive descent over _tokens(s); one method per grammar rule above, each token read once."""
+
+    def __init__(self, toks: list):
+        self.toks, self.n, self.i, self.depth, self.percent = toks, len(toks), 0, 0, False
+
+    def peek(self, k: int = 0) -> tuple[str, str]:
+        j = self.i + k
+        return self.toks[j] if j < self.n else ("end", "")
+
+    def take(self) -> tuple[str, str]:
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def expect(self, text: str):
+        if self.take()[1] != text:
+            raise _Unparsable(f"expected {text}")
+
+    def answer(self):
+        items = [self.item()]
+        while self.peek()[1] == ",":
+            self.take()
+            items.append(self.item())
+        if self.peek()[0] != "end":
+            raise _Unparsable(f"unexpected {self.peek()[1]!r}")
+        return items[0] if len(items) == 1 else _Seq.make("set", items)  # a bare "2, 3": a set
+
+    def item(self):
+        value = self.expr()
+        while self.peek()[1] in _EQ:
+            self.take()
+            value = self.expr()
+        if value is _VAR:
+            raise _Unparsable("a variable")
+        return value
+
+    def expr(self):
+        value = self.term()
+        while self.peek()[1] in ("+", "-"):
+            op = self.take()[1]
+            value = _arith(op, value, self.term())
+        return value
+
+    def term(self):
+        value = self.factor()
+        while True:
+            kind, text = self.peek()
+            if text in _MUL or text in _DIV:
+                self.take()
+                value = _arith("*" if text in _MUL else "/", value, self.factor())
+            elif kind in ("cmd", "word") and text not in _EQ and text not in ("\\}", "\\rbrace") \
+                    or text in ("(", "{"):
+                value = _arith("*", value, self.power())  # implicit product: 2\pi, 3(4), 2\sqrt{3}
+            else:
+                return value
+
+    def enter(self):
+        # One level per nested group or sign: bounds the recursion (the Python stack) and the work.
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Unparsable("nested too deep")
+
+    def factor(self):
+        if self.peek()[1] in ("-", "+"):
+            self.enter()
+            sign = self.take()[1]
+            value = _scalar(self.factor())
+            if sign == "-":
+                value = _VAR if value is _VAR else -value
+            self.depth -= 1
+            return value
+        value = self.power()
+        while self.peek()[1] == "%":
+            self.take()
+            self.percent = True
+            value = _arith("/", value, Fraction(100))
+        return value
+
+    def power(self):
+        self.enter()
+        value = self.primary()
+        if self.peek()[1] == "^":
+            self.take()
+            value = _power(value, self.factor())
+        self.depth -= 1
+        return value
+
+    def group(self):
+        """Comma-separated items and the token that closed them (checked by the caller)."""
+        items = [self.item()]
+        while self.peek()[1] == ",":
+            self.take()
+            items.append(self.item())
+        return items, self.take()[1]
+
+    def primary(self):
+        kind, text = self.take()
+        if kind == "num":
+            return self.number(text)
+        if text in _OPEN:
+            items, close = self.group()
+            if text in ("(", "["):
+                if close not in (")", "]"):
+                    raise _Unparsable("unclosed group")
+                if len(items) == 1:
+                    if text + close != "()" and text + close != "[]":
+                        raise _Unparsable("an interval needs two ends")
+                    return items[0]
+                return _Seq.make(text + close, items)  # (1, 2) tuple or open interval, [1, 2) interval
+            if close != _OPEN[text]:
+                raise _Unparsable("unclosed group")
+            if text == "{" and len(items) == 1:
+                return items[0]
+            return _Seq.make("set", items)
+        if text in _FRAC:
+            return _arith("/", self.arg(), self.arg())
+        if text == "\\sqrt":
+            n = Fraction(2)
+            if self.peek()[1] == "[":
+                self.take()
+                n = self.expr()
+                self.expect("]")
+            return _root(self.arg(), n)
+        if text in _FUNCTIONS:  # \ln 2, \sin\frac{\pi}{6}, \exp(1): the argument binds like a power
+            x = _scalar(self.power())
+            return _VAR if x is _VAR else _finite(_FUNCTIONS[text](float(x)))
+        if text == "\\pi":
+            return math.pi
+        if text == "\\infty":
+            return math.inf
+        if kind == "word":
+            # "e" alone is Euler's number; any other letter is an unknown ("x" in "x = 5").
+            return math.e if text == "e" else _VAR
+        raise _Unparsable(f"unexpected {text!r}")
+
+    def number(self, text: str):
+        value = _number(text)
+        # A mixed number: an integer directly followed by \frac of two integer literals, 2\frac{1}{2}
+        # or 2\frac12, means 2 + 1/2 (not 2 * 1/2). Decided by looking at tokens, never by re-parsing.
+        if text.isdigit() and self.peek()[1] in _FRAC:
+            t = [self.peek(k)[1] for k in range(1, 7)]
+            if len(t[0]) == 2 and t[0].isdigit():                               # 2\frac12
+                self.i += 2
+                return value + _arith("/", Fraction(int(t[0][0])), Fraction(int(t[0][1])))
+            if [t[0], t[2], t[3], t[5]] == ["{", "}", "{", "}"] and t[1].isdigit() and t[4].isdigit():
+                self.i += 7                                                     # 2\frac{1}{2}
+                return value + _arith("/", _number(t[1]), _number(t[4]))
+        return value
+
+    def arg(self):
+        """A LaTeX argument: {expr}, or one digit (\\frac34 is 3/4), or one command (\\sqrt\\pi)."""
+        kind, text = self.peek()
+        if text == "{":
+            self.take()
+            value = self.expr()
+            self.expect("}")
+            return value
+        if kind == "num" and text.isdigit():
+            if len(text) == 1:
+                self.take()
+            else:  # split "34" after \frac: the first digit is this argument, the rest the next
+                self.toks[self.i] = ("num", text[1:])
+            return Fraction(int(text[0]))
+        if kind in ("cmd", "word"):
+            return self.primary()
+        raise _Unparsable("missing argument")
+
+
+def parse_math(s: str):
+    """Value of a LaTeX or plain arithmetic answer, or None if it cannot be read.
+
+    Returns (value, percent): value a Fraction (exact), a float, or a _Seq of them (tuple, interval,
+    set); percent says whether a "%" was read (25% is 1/4, and also matches 25). Never raises on any
+    string; O(len(s)), and strings longer than MAX_EXPR_CHARS are not read at all."""
+    if not isinstance(s, str) or len(s) > MAX_EXPR_CHARS:
+        return None
+    try:
+        p = _Parser(_tokens(s))
+        if not p.toks:
+            return None
+        return p.answer(), p.percent
+    except (ValueError, ZeroDivisionError, OverflowError, RecursionError):  # _Unparsable is a ValueError
+        return None
+
+
+def _close(p, g) -> bool:
+    """One predicted scalar vs one gold scalar: relative tolerance 1e-4; exact for an integer gold
+    (a float prediction there may differ only by float rounding, 1e-9)."""
+    if isinstance(p, _Seq) or isinstance(g, _Seq):
+        return _values_equal(p, g)
+    if isinstance(p, float) and math.isinf(p) or isinstance(g, float) and math.isinf(g):
+        return p == g
+    exact_int = isinstance(g, Fraction) and g.denominator == 1
+    if exact_int and isinstance(p, Fraction):
+        return p == g
+    # Compared as Fractions (a finite float converts exactly): no float overflow on a 4,000-bit gold.
+    tol = Fraction(1, 10**9) if exact_int else Fraction(1, 10_000)
+    return abs(Fraction(p) - Fraction(g)) <= tol * abs(Fraction(g))
+
+
+def _values_equal(p, g) -> bool:
+    """Tuples and intervals element by element in order; sets (and bare lists) in any order."""
+    if not isinstance(p, _Seq) and not isinstance(g, _Seq):
+        return _close(p, g)
+    if not isinstance(p, _Seq):  # a scalar equals only a one-element set ({5} vs 5)
+        return g.kind == "set" and len(g) == 1 and _close(p, g[0])
+    if not isinstance(g, _Seq):
+        return p.kind == "set" and len(p) == 1 and _close(p[0], g)
+    if p.kind != g.kind or len(p) != len(g):
+        return False
+    if p.kind != "set":
+        return all(_close(x, y) for x, y in zip(p, g))
+    left = list(p)  # greedy matching, at most MAX_ITEMS^2 comparisons
+    for y in g:
+        j = next((j for j, x in enumerate(left) if _close(x, y)), None)
+        if j is None:
+            return False
+        left.pop(j)
+    return True
+
+
+def _readings(value, percent: bool) -> list:
+    # A percent answer matches either reading: "25%" is 1/4 and also 25 (models drop or keep the sign).
+    return [value, value * 100] if percent and not isinstance(value, _Seq) else [value]
+
+
+def _final_answer(text: str):
+    """The response's final answer as parse_math's (value, percent), or None: the last \\boxed{...}
+    (parsed whole: "x = 5" reads 5, "12 apples" reads 12, "2, 3" is a list), else the expression
+    after the last "answer is", else the last number in the last 4,000 characters (the regex reading
+    of prose, as before issue 14)."""
     box = _boxed(text)
     if box is not None:
-        box = _clean_math(box)
-        return _first_number(box[box.rfind("=") + 1:])
+        return parse_math(box)
     low = text.lower()  # only used to find the marker; numbers read the same lowercased
     k = low.rfind("answer is")
     if k >= 0:
-        found = _first_number(_clean_math(low[k + len("answer is"):]))
+        rest = text[k + len("answer is"):k + len("answer is") + MAX_EXPR_CHARS].lstrip(" :*")
+        if rest[:1] == "$" and rest.find("$", 1) > 0:
+            phrase = rest[:rest.find("$", 1) + 1]  # "answer is $2^{10}$ because ..."
+        else:
+            phrase = re.split(r"\n|\.\s|\.$", rest, maxsplit=1)[0].rstrip(" *")  # to the sentence end
+        found = parse_math(phrase)
+        if found is None:
+            found = _from_regex(_first_number(_clean_math(low[k + len("answer is"):])))
         if found is not None:
             return found
-    return _last_number(text)
+    # The last number of the last few lines: on 64K characters of dense numbers, finditer alone takes
+    # ~20 ms (one match object per number); the final answer is near the end, and cutting at a line
+    # break (or a space) never reads a number in part.
+    return _from_regex(_last_number(_last_chars(text, 4_000, seps="\n ")))
 
 
-def _gold_number(answer) -> tuple[Fraction, bool]:
+def _from_regex(found):
+    # The prose reader gives (number before "%", is_percent); parse_math's form is (value, percent).
+    if found is None:
+        return None
+    value, pct = found
+    try:  # the regex allows 1e9999: keep values in the parser's range (huge -> float -> refused)
+        return _finite(value / 100 if pct else value), pct
+    except (ValueError, OverflowError):
+        return None
+
+
+def _gold_math(answer):
+    """A numerical_reasoning gold parsed by the same parser as the responses; ValueError if unreadable."""
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = repr(answer)
     if not isinstance(answer, str):
         raise ValueError(f"math_equal: gold answer must be a number string, got {answer!r}")
     box = _boxed(answer)
-    s = _clean_math(answer if box is None else box)
-    m = _NUMBER.fullmatch(s)
-    value = _number_value(m) if m else None
-    if value is None:
-        raise ValueError(f"math_equal: cannot read gold answer {answer!r} as a number "
-                         "(integers, decimals, 1,234, 25%, 1.5e-3, a/b, \\frac{a}{b})")
-    return value
+    parsed = parse_math(answer if box is None else box)
+    if parsed is None:
+        raise ValueError(f"math_equal: cannot read gold answer {answer!r:.80} as a number or tuple "
+                         "(LaTeX or plain arithmetic: 12, 3/4, \\frac{\\sqrt{3}}{2}, 2\\pi, 25%, (1, 2), [0, 1))")
+    return parsed
 
 
 def math_equal(response: str, answer: str) -> float:
-    """1.0 if the final answer equals the gold number within relative tolerance 1e-4 (exact for 0).
+    """1.0 if the final answer equals the gold (relative tolerance 1e-4; exact for an integer gold).
 
-    A percent matches either reading: gold "25%" accepts 25% / 25 / 0.25; gold "0.25" accepts "25%"."""
-    g, g_pct = _gold_number(answer)
-    found = _final_answer(_as_text(response))
+    Both sides go through parse_math. A percent matches either reading: gold "25%" accepts 25% / 25 /
+    0.25; gold "0.25" accepts "25%". Several numbers against a scalar gold ("\\boxed{2, 3}" vs 2): 0."""
+    g, g_pct = _gold_math(answer)
+    found = _final_answer(_tail(response))
     if found is None:
         return 0.0
     p, p_pct = found
-    golds = {g, g / 100} if g_pct else {g}
-    preds = {p, p / 100} if p_pct else {p}
-    tol = Fraction(1, 10_000)
-    return float(any(abs(x - y) <= tol * abs(y) for x in preds for y in golds))
+    return float(any(_values_equal(x, y) for x in _readings(p, p_pct) for y in _readings(g, g_pct)))
 
 
 # -----------------------------------------------------------------------------
@@ -405,7 +927,7 @@ def row_iou(response: str, answer) -> float:
     """|pred & gold| / |pred | gold| over multisets of rows; no readable table scores 0.
     An empty gold table scores 1.0 only against an empty predicted table."""
     gold = _gold_rows(answer)
-    pred = _response_rows(_as_text(response))
+    pred = _response_rows(_tail(response))
     if pred is None:
         return 0.0
     union = sum((pred | gold).values())
@@ -463,15 +985,20 @@ def lcs_length(a: Sequence, b: Sequence) -> int:
     return len(a) - v.bit_count()
 
 
-def rouge_l(response: str, answer) -> float:
-    """ROUGE-L F1 = 2PR/(P+R) with P = LCS/len(pred), R = LCS/len(ref), max over the references."""
+def _gold_references(answer) -> list[list[str]]:
     refs = [answer] if isinstance(answer, str) else answer
     if not isinstance(refs, (list, tuple)) or not refs or not all(isinstance(r, str) for r in refs):
         raise ValueError(f"rouge_l: gold must be a reference string or a non-empty list of them, got {answer!r:.80}")
     ref_tokens = [tokens(r) for r in refs]
     if not all(ref_tokens):
         raise ValueError(f"rouge_l: a reference has no tokens: {answer!r:.80}")
-    pred = tokens(_as_text(response))
+    return ref_tokens
+
+
+def rouge_l(response: str, answer) -> float:
+    """ROUGE-L F1 = 2PR/(P+R) with P = LCS/len(pred), R = LCS/len(ref), max over the references."""
+    ref_tokens = _gold_references(answer)
+    pred = tokens(_tail(response))
     best = 0.0
     for ref in ref_tokens:
         lcs = lcs_length(pred, ref) if pred else 0
@@ -497,6 +1024,21 @@ TASKS: dict[str, Callable] = {
 }
 POOL_MIN_BATCH = 64  # below this a process pool costs more to start than it saves
 
+# Task name -> the function its metric reads the gold with (issue 12 item 8). Each metric above calls
+# the same function first, so a gold that parse_gold accepts is one the metric can score, and a gold
+# it refuses would have made the metric raise: load-time checks and scoring cannot disagree.
+GOLD_READERS: dict[str, Callable] = {
+    "precise_retrieval": _gold_text,
+    "comprehension": _gold_choice,
+    "exhaustive_retrieval": functools.partial(_gold_items, metric="set_f1", distinct=False),
+    "numerical_reasoning": _gold_math,
+    "structured_extraction": _gold_rows,
+    "structured_matching": functools.partial(_gold_items, metric="sub_em", distinct=False),
+    "graded_ranking": functools.partial(_gold_items, metric="ndcg", distinct=True),
+    "sequence_ordering": functools.partial(_gold_items, metric="pairwise_accuracy", distinct=True),
+    "summarization": _gold_references,
+}
+
 
 def _metric(task: str) -> Callable:
     if task not in TASKS:
@@ -504,11 +1046,19 @@ def _metric(task: str) -> Callable:
     return TASKS[task]
 
 
+def parse_gold(task: str, gold):
+    """The gold answer of `task` read exactly as its metric reads it (a number, rows, normalized lines,
+    reference tokens); ValueError naming the metric and the problem if it cannot be scored. Call it
+    once per record at load time (data.py does) so a bad gold stops the run before any rollout."""
+    _metric(task)
+    return GOLD_READERS[task](gold)
+
+
 def score(task: str, response: str, answer, *, require_think: bool = False) -> float:
     """Reward of one response: format gate (if require_think), strip the thinking, apply the task metric."""
     metric = _metric(task)
     if require_think and not format_ok(response):
-        metric(response="", answer=answer)  # still validate the gold: bad data must not hide behind the gate
+        parse_gold(task, answer)  # still validate the gold: bad data must not hide behind the gate
         return 0.0
     return metric(answer_text(response), answer)
 
@@ -516,7 +1066,14 @@ def score(task: str, response: str, answer, *, require_think: bool = False) -> f
 def score_batch(tasks: Sequence[str], responses: Sequence[str], answers: Sequence, *,
                 require_think: bool = False, processes: int = 0) -> list[float]:
     """score() over a batch; with processes > 0 and at least POOL_MIN_BATCH items, in a process pool
-    (spawned, not forked: safe in a trainer that already holds CUDA state and threads)."""
+    (spawned, not forked: safe in a trainer that already holds CUDA state and threads).
+
+    Spawned workers re-import the calling script, so a script that calls this with processes > 0 needs
+    the usual guard, or each worker starts the script again:
+
+        if __name__ == "__main__":
+            main()
+    """
     tasks, responses, answers = list(tasks), list(responses), list(answers)
     if not len(tasks) == len(responses) == len(answers):
         raise ValueError(f"score_batch: {len(tasks)} tasks, {len(responses)} responses, {len(answers)} answers")

@@ -9,6 +9,7 @@ file, the line and the field.
 
 import json
 import random
+import re
 
 import pytest
 
@@ -168,6 +169,68 @@ def test_unknown_source_and_mode_error_or_skip_with_counts(tmp_path, caplog):
     assert [s.answer for s in samples] == ["ok"]
     assert counts == {"unknown_data_source": 1, "unknown_reward_mode": 2, "blank_line": 2}
     assert "unknown_reward_mode" in caplog.text
+
+
+def lbp_record(code, doc_ids):
+    return record("longbench_pro", {"doc_ids": doc_ids}, reward_mode=f"{code} {data.LONGBENCH_PRO[code][0]}")
+
+
+# One bad gold per task type (issue 12 item 8): (record, field named in the error, the metric's reason).
+BAD_GOLD_RECORDS = {
+    "precise_retrieval": (record("EM", {"golden_label": "   "}), "golden_label", "non-empty string"),
+    "comprehension": (record("selection", {"golden_label": ""}), "golden_label", "a letter or text"),
+    "numerical_reasoning": (record("long_math_longcot_math_verify_v2", {"golden_label": "about seven"}),
+                            "golden_label", "cannot read gold answer 'about seven'"),
+    "structured_extraction": (record("multitableqa_pretraining", {"golden_label": '{"rows": []}'}),
+                              "golden_label", "gold must be rows"),
+    "exhaustive_retrieval": (lbp_record("T6.2", ["doc1", " "]), "doc_ids", "gold item 1 must be a non-empty"),
+    "structured_matching": (lbp_record("T10.1", []), "doc_ids", "empty list"),
+    "graded_ranking": (lbp_record("T1.1", ["doc1", "DOC1"]), "doc_ids", "appears more than once"),
+    "sequence_ordering": (lbp_record("T6.3", ["e1", ["e2"]]), "doc_ids", "gold item 1 must be a non-empty"),
+    "summarization": (lbp_record("T4.2", ["..."]), "doc_ids", "a reference has no tokens"),
+}
+
+
+@pytest.mark.parametrize("task", list(BAD_GOLD_RECORDS))
+def test_bad_gold_is_a_data_error_at_load(tmp_path, task):
+    # The record loads without complaint on the old code; rewards.score then raised mid-training.
+    rec, field_name, reason = BAD_GOLD_RECORDS[task]
+    path = write_jsonl(tmp_path / "r.jsonl", [record("EM", {"golden_label": "ok"}), rec])
+    with pytest.raises(DataError) as e:
+        data.load_jsonl(path)
+    message = str(e.value)
+    for words in ("r.jsonl:2", field_name, f"for {task}", reason):
+        assert words in message, (words, message)
+    # ... the reason scoring this gold would have raised mid-training.
+    gold = rec["reward_model"]["ground_truth"].get("golden_label", rec["reward_model"]["ground_truth"].get("doc_ids"))
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        rewards.score(task, "a response", gold)
+
+
+def test_bad_golds_skipped_and_counted(tmp_path, caplog):
+    good = record("EM", {"golden_label": "ok"})
+    bad = [rec for rec, _, _ in BAD_GOLD_RECORDS.values()]
+    path = write_jsonl(tmp_path / "r.jsonl", [good] + bad + [good])
+    counts = {}
+    with caplog.at_level("WARNING", logger="data"):
+        samples = data.load_jsonl(path, skip_bad_golds=True, counts=counts)
+    assert [s.answer for s in samples] == ["ok", "ok"]
+    assert counts == {"bad_gold": 9}
+    assert "r.jsonl:4" in caplog.text and "about seven" in caplog.text  # each skipped line is named
+    # Skipping unknown sources does not skip bad golds: the two options are separate.
+    with pytest.raises(DataError, match="r.jsonl:2"):
+        data.load_jsonl(path, skip_unknown=True)
+
+
+def test_skip_bad_golds_flag_reaches_load_jsonl(tmp_path):
+    import train  # the one place the flag is read
+    path = write_jsonl(tmp_path / "d.jsonl", [record("EM", {"golden_label": "ok"}),
+                                              BAD_GOLD_RECORDS["numerical_reasoning"][0]])
+    base = ["--data", str(path), "--out-dir", str(tmp_path / "run")]
+    with pytest.raises(DataError, match="d.jsonl:2: field 'reward_model.ground_truth.golden_label'"):
+        train.load_data(train.parse_config(base), tok=None)
+    train_set, _ = train.load_data(train.parse_config(base + ["--skip-bad-golds"]), tok=None)
+    assert [s.answer for s in train_set] == ["ok"]
 
 
 def test_deep_nesting_is_a_data_error_naming_the_line(tmp_path):

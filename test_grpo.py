@@ -187,6 +187,18 @@ def test_kl_k3():
     assert (kl_k3(lp, ref) >= 0).all()
 
 
+def test_kl_k3_clamps_as_documented():
+    # d = ref - logp: 2 is inside both clamps (e^2 - 3 = 4.4); 5 gives e^5 - 6 = 142 -> clamped to 10; 1000 and
+    # -1000 would overflow (inf) or grow without bound without the d clamp and end at 10 too.
+    lp = torch.zeros(4, requires_grad=True)
+    ref = torch.tensor([2.0, 5.0, 1000.0, -1000.0])
+    out = kl_k3(lp, ref)
+    assert out[0].item() == pytest.approx(math.exp(2) - 3) and out[1:].tolist() == [10.0, 10.0, 10.0]
+    out.sum().backward()
+    # Where a clamp is active the gradient is zero: d(k3)/d(logp) = 1 - exp(d) only for the first token.
+    assert lp.grad.tolist() == pytest.approx([1 - math.exp(2), 0.0, 0.0, 0.0])
+
+
 # -----------------------------------------------------------------------------
 # token_logprobs: chunked vs naive log_softmax, value and gradient
 

@@ -280,8 +280,7 @@ def test_paper_recipe_scaled_down_on_two_ranks(tiny, tmp_path):
         argv += [f"--{k.replace('_', '-')}", str(v)]
     proc = torchrun(driver, argv, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("config: "))
-    resolved = json.loads(line[len("config: "):])
+    resolved = json.load(open(tmp_path / "out" / "config.json"))  # the full resolved config
     for k, v in train.PAPER.items():   # every recipe value other than sizes reached the run
         assert resolved[k] == SIZES.get(k, v), k
     assert set(SIZES) - {"steps"} <= set(train.PAPER)

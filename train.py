@@ -68,6 +68,7 @@ class Config:
     eval_data: str = option("", "evaluation JSONL; empty = a held-out split of the built tasks")
     skip_unknown_sources: bool = option(False, "skip and count JSONL records of an unknown data_source "
                                         "or reward_mode instead of stopping at the first")
+    skip_bad_golds: bool = option(False, "skip and count JSONL records whose gold its metric cannot score")
     context_tokens: int = option(512, "context length of built tasks (ignored with --data)")
     n_per_task: int = option(8, "built tasks per task type (ignored with --data)")
     eval_per_task: int = option(1, "built tasks per type held out for evaluation")
@@ -112,13 +113,18 @@ class Config:
     out_dir: str = option("runs/default", "metrics.jsonl, checkpoints/ and the plot go here")
     seed: int = option(0, "seed of data order and sampling (each rank samples with its own stream)")
     eval_every: int = option(0, "evaluate every k steps (0 = only with --eval-only)")
-    eval_only: bool = option(False, "evaluate and exit")
+    eval_only: bool = option(False, "evaluate out_dir's newest checkpoint (the base model if it has none) and exit")
+    checkpoint: str = option("", "with --eval-only: evaluate this checkpoint folder instead of out_dir's newest")
     eval_max_new_tokens: int = option(0, "response limit at evaluation, 0 = max_new_tokens")
     save_every: int = option(0, "checkpoint every k steps (0 = at the end only)")
     keep_last: int = option(2, "checkpoints kept")
+    save_optimizer: bool = option(True, "AdamW state in checkpoints (2/3 of their size); without it --resume "
+                                        "restarts the optimizer")
     resume: bool = option(False, "continue from the newest complete checkpoint in out_dir")
+    overwrite: bool = option(False, "start again in an out_dir that holds a run: delete its metrics and checkpoints")
     task_balanced: bool = option(False, "equal prompts per task in each batch (as QwenLong-L1.5)")
-    plot: bool = option(False, "draw per-task reward curves to out_dir/rewards.png (needs matplotlib)")
+    plot: bool = option(False, "draw per-task reward curves to out_dir/rewards.png (needs matplotlib); "
+                               "on a folder holding a run, without --resume/--overwrite: only draw, no training")
     recipe: str = option("", "'paper' = the paper's hyperparameters (explicit flags still win)")
 
 
@@ -143,7 +149,7 @@ AT_LEAST = {
     "logprob_chunk": (1, "a chunk holds at least one token"),
     "keep_last": (1, "0 or less would delete the checkpoint just saved"),
     "steps": (0, "a count"), "warmup_steps": (0, "a count"), "save_every": (0, "0 means at the end only"),
-    "eval_every": (0, "0 means never"), "top_k": (0, "0 means off"), "kv_budget_tokens": (0, "0 means default"),
+    "eval_every": (0, "0 means never"), "top_k": (0, "0 means off"), "kv_budget_tokens": (0, "0 means one wave"),
     "context_tokens": (1, "a document has tokens"), "n_per_task": (0, "a count"), "eval_per_task": (0, "a count"),
     "weight_decay": (0.0, "a decay"), "kl_coef": (0.0, "a penalty weight"), "gamma": (0.0, "a strength"),
     "clip_low": (0.0, "a clip range"), "clip_high": (0.0, "a clip range"),
@@ -192,6 +198,10 @@ def validate_config(cfg: Config) -> list:
         problems.append(f"--advantage {cfg.advantage!r}: must be grpo, tmn or tmn_reweight")
     if cfg.loss_agg not in ("token-mean", "seq-mean-token-mean"):
         problems.append(f"--loss-agg {cfg.loss_agg!r}: must be token-mean or seq-mean-token-mean")
+    if cfg.resume and cfg.overwrite:
+        problems.append("--resume continues the run in --out-dir, --overwrite deletes it: give one of them")
+    if cfg.checkpoint and not cfg.eval_only:
+        problems.append("--checkpoint chooses what --eval-only evaluates; to continue a run use --resume")
     if math.isfinite(cfg.dual_clip) and cfg.dual_clip <= 1:
         problems.append(f"--dual-clip {cfg.dual_clip}: must be > 1 (it bounds the ratio from above)")
     if cfg.model and looks_like_path(cfg.model):  # a hub id is left to the hub
@@ -214,6 +224,18 @@ def validate_config(cfg: Config) -> list:
     return [x for x in problems if x]
 
 
+def run_settings(given: dict) -> dict:
+    """--eval-only on a run folder starts from the run's own config (out_dir/config.json): the same
+    model, held-out split and generation limits. Fields that say what this command does are not taken;
+    flags given on the command line win (applied after)."""
+    path = Path(given.get("out_dir", Config.out_dir)) / "config.json"
+    if not given.get("eval_only") or not path.exists():
+        return {}
+    skip = {"out_dir", "eval_only", "checkpoint", "resume", "overwrite", "plot", "recipe"}
+    return {k: v for k, v in json.loads(path.read_text()).items()
+            if k in {f.name for f in dataclasses.fields(Config)} - skip}
+
+
 def parse_config(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
@@ -228,7 +250,7 @@ def parse_config(argv=None) -> Config:
         cfg = dataclasses.replace(cfg, **PAPER)
     elif given.get("recipe", "") not in ("", "paper"):
         p.error(f"--recipe must be 'paper' or empty, got {given['recipe']!r}")
-    cfg = dataclasses.replace(cfg, **given)
+    cfg = dataclasses.replace(cfg, **{**run_settings(given), **given})
     problems = validate_config(cfg)
     if problems:  # every problem at once, one line each, exit code 2 (as argparse's own errors)
         p.exit(2, "".join(f"{p.prog}: error: {x}\n" for x in problems) + f"{p.prog} --help lists every field\n")
@@ -659,25 +681,35 @@ def sync_sampler(sampler: nn.Module, model: nn.Module):
 # -----------------------------------------------------------------------------
 # Evaluation: one sample per prompt at T=0.6, top_p=0.95 (the paper's validation setting)
 
-EVAL_SEED_STRIDE = 7919  # a prime: rank r samples with seed + 7919*(r+1), apart from training seeds
+EVAL_SEED_STRIDE = 7919  # a prime: rank r samples with seed + 7919*(r+1) (+ chunk offset), apart from training seeds
 
 
 def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int, world: int) -> dict:
-    """Per-task mean score over `samples` (sharded across ranks), as {"eval/<task>": mean}."""
+    """Per-task mean score over `samples` (sharded across ranks): {"eval/<task>": mean, "eval/mean":
+    mean of the task means, "eval_n/<task>": prompts scored}. Generated in chunks of as many rows as a
+    training round, so the progress bar (rank 0, over prompts) moves on long evaluations."""
+    from tqdm import tqdm
     mine = list(range(rank, len(samples), world))
+    chunk = max(1, (cfg.gen_prompts or cfg.prompts_per_step) * cfg.group_size // world)
+    bar = tqdm(total=len(samples), desc="eval", unit="prompt", disable=rank != 0, leave=cfg.eval_only,
+               dynamic_ncols=True)
     scores = []
-    if mine:
-        rows, _ = sample_and_score(model, tok, [samples[i] for i in mine], [prompt_ids[i] for i in mine],
-                                   cfg, eos_ids, cfg.seed + EVAL_SEED_STRIDE * (rank + 1), ("eval", rank), 1,
+    for c in range(0, len(mine), chunk):
+        idx = mine[c:c + chunk]
+        seed = cfg.seed + EVAL_SEED_STRIDE * (rank + 1) + c  # + c: each chunk its own stream
+        rows, _ = sample_and_score(model, tok, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
+                                   cfg, eos_ids, seed, ("eval", rank, c), 1,
                                    0.6, 0.95, cfg.eval_max_new_tokens or cfg.max_new_tokens)
-        scores = list(zip(rows.tasks, rows.rewards))
+        scores += zip(rows.tasks, rows.rewards)
+        bar.update(min(len(idx) * world, bar.total - bar.n))  # every rank works on a chunk this size
+    bar.close()
     by_task: dict = {}
     for part in gather(scores):
         for task, s in part:
             by_task.setdefault(task, []).append(s)
     out = {f"eval/{k}": sum(v) / len(v) for k, v in sorted(by_task.items())}
     out["eval/mean"] = sum(out.values()) / max(len(out), 1)
-    return out
+    return {**out, **{f"eval_n/{k}": len(v) for k, v in sorted(by_task.items())}}
 
 
 # -----------------------------------------------------------------------------
@@ -730,15 +762,136 @@ def speed_metrics(batch: Batch, rows: Rows, update_s: float, device) -> dict:
                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30}
 
 
-def log_step(bar, step: int, m: dict):
-    """One line per step on rank 0: rewards per task, kept prompts, clip fraction, seconds."""
-    tasks = sorted(k.split("/")[1] for k in m
-                   if k.startswith("reward/") and k.endswith("/mean") and "/all/" not in k)
+def log_step(bar, m: dict, names: list):
+    """One line per step on rank 0 (step_line below), and the progress bar's postfix."""
     bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
-    bar.write(f"step {step}: reward {m['reward/all/mean']:.3f} | " +
-              " ".join(f"{t[:12]} {m[f'reward/{t}/mean']:.2f}" for t in tasks) +
-              f" | kept {m['kept_prompts']} | clipfrac {m.get('pg_clipfrac', 0):.3f}"
-              f" | rollout {m['rollout_s']:.1f}s update {m['update_s']:.1f}s")
+    bar.write(step_line(m, names))
+
+
+# -----------------------------------------------------------------------------
+# What the user reads: the config, one line per step, the evaluation table, the end-of-run summary
+
+# Short labels of the nine tasks in the step line (the README lists them); metrics.jsonl keeps full names.
+TASK_LABELS = {"precise_retrieval": "ret", "comprehension": "mcq", "exhaustive_retrieval": "exh",
+               "numerical_reasoning": "num", "structured_extraction": "tab", "structured_matching": "match",
+               "graded_ranking": "rank", "sequence_ordering": "order", "summarization": "summ"}
+
+
+def task_order(names) -> list:
+    """Task names in the README's order (data.TASK_NAMES), any other name after them."""
+    known = [t for t in data.TASK_NAMES if t in names]
+    return known + sorted(set(names) - set(known))
+
+
+def config_text(cfg: Config, saved_to) -> str:
+    """The fields that differ from the defaults as aligned `key = value` lines, and where all are."""
+    default = Config()
+    diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(default, k)}
+    where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
+    if not diff:
+        return f"config: the defaults ({where})"
+    w = max(map(len, diff))
+    return f"config, fields not at their default ({where}):\n" + "\n".join(
+        f"  {k:<{w}} = {v!r}" for k, v in diff.items())
+
+
+def step_line(m: dict, names: list) -> str:
+    """One line per training step: reward overall and per task ("-": not in this step's batch)."""
+    per = " ".join(f"{TASK_LABELS.get(t, t)} " + (f"{m[f'reward/{t}/mean']:.2f}" if f"reward/{t}/mean" in m else "-")
+                   for t in names)
+    return (f"step {m['step']}: reward {m['reward/all/mean']:.3f} | {per} | kept {m['kept_prompts']}"
+            f" | clipfrac {m.get('pg_clipfrac', 0):.3f} | rollout {m.get('rollout_s', 0):.1f}s"
+            f" update {m['update_s']:.1f}s")
+
+
+def eval_table(m: dict) -> str:
+    """Evaluation result per task as a small table (prompts scored, mean score)."""
+    names = task_order([k.split("/")[1] for k in m if k.startswith("eval_n/")])
+    rows = [(t, m[f"eval_n/{t}"], m[f"eval/{t}"]) for t in names]
+    rows.append(("mean over tasks", sum(r[1] for r in rows), m["eval/mean"]))
+    w = max(len(r[0]) for r in rows)
+    return "\n".join([f"  {'task':<{w}}  prompts  score"] +
+                     [f"  {t:<{w}}  {n:>7}  {v:.3f}" for t, n, v in rows])
+
+
+def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
+    """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
+    (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
+    leaves most tasks out of most steps), and where the metrics, the checkpoint and the plot are."""
+    if not lines:
+        return "no training step ran"
+    span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
+    avg = lambda pts: f"{sum(v for _, v in pts) / len(pts):.3f} (step{'s' * (len(pts) > 1)} {span(pts)})"
+    curves = checkpoint.reward_curves(lines)                  # {task: [(step, mean reward), ...]}
+    rows = []
+    for t in task_order(set(curves) - {"all"}) + ["all"]:
+        pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
+        rows.append((t, f"{avg(pts[:k])} -> {avg(pts[-k:])}" if pts else "-"))
+    w = max(len(t) for t, _ in rows)
+    ckpt = checkpoint.latest_checkpoint(out_dir)
+    size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
+    return "\n".join(
+        [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
+         "  mean reward per task, its first -> its last (up to 5) steps:"] +
+        [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
+        [f"  metrics:    {out_dir / 'metrics.jsonl'}",
+         f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
+         f"  plot:       {out_dir / 'rewards.png'}" if plotted else
+         f"  plot:       python train.py --plot --out-dir {out_dir}   (needs matplotlib)"])
+
+
+# -----------------------------------------------------------------------------
+# The run folder: what this command does with it
+
+def plot_only(cfg: Config, out_dir: Path) -> bool:
+    """--plot on a folder that holds a run, with neither --resume nor --overwrite: draw it, train nothing."""
+    return cfg.plot and not (cfg.resume or cfg.overwrite or cfg.eval_only) and bool(checkpoint.holds_run(out_dir))
+
+
+def prepare_run_dir(cfg: Config, out_dir: Path, rank: int, log) -> Path | None:
+    """Before the model loads: refuse a folder holding a run (exit 2) unless --resume/--overwrite,
+    clear it on --overwrite, write the full config to out_dir/config.json. Returns that path; None
+    for --eval-only, which only adds to evals.jsonl."""
+    if cfg.eval_only:
+        return None
+    checkpoint.check_run_dir(out_dir, cfg.resume, cfg.overwrite)
+    path = out_dir / "config.json"
+    if rank == 0:
+        if cfg.overwrite and (gone := checkpoint.clear_run_dir(out_dir)):
+            log(f"--overwrite: deleted {', '.join(gone)} from {out_dir}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
+    if dist.is_initialized():
+        dist.barrier()  # no rank looks into out_dir before rank 0 has cleared it
+    return path
+
+
+def weights_to_load(cfg: Config, out_dir: Path, log):
+    """The checkpoint folder to start from (--resume) or to evaluate (--eval-only: --checkpoint, else
+    out_dir's newest), or None for the base model."""
+    if cfg.checkpoint:
+        if not (Path(cfg.checkpoint) / "config.json").exists():
+            sys.exit(f"--checkpoint {cfg.checkpoint}: not a model folder (no config.json there)")
+        return Path(cfg.checkpoint)
+    if not (cfg.resume or cfg.eval_only):
+        return None
+    ckpt = checkpoint.latest_checkpoint(out_dir, log)  # damaged ones skipped, and said
+    if ckpt:
+        log(f"{'evaluating' if cfg.eval_only else 'resuming from'} {ckpt}")
+    elif cfg.eval_only:
+        log(f"--eval-only: no checkpoint in {out_dir}; evaluating the base model {cfg.model or 'SmolLM2-135M'}")
+    else:
+        log(f"--resume: no intact checkpoint in {out_dir}; fresh start")
+    return ckpt
+
+
+def checkpoint_step(ckpt) -> int | None:
+    """The training step of a checkpoint folder from its name (step_000012 -> 12); 0 for the base
+    model (None); None for a folder not named by save_checkpoint."""
+    if ckpt is None:
+        return 0
+    name = Path(ckpt).name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
 
 
 # -----------------------------------------------------------------------------
@@ -746,9 +899,19 @@ def log_step(bar, step: int, m: dict):
 
 def load_data(cfg: Config, tok) -> tuple[list, list]:
     """(training samples, evaluation samples): the JSONL files given, or tasks built from the
-    built-in documents with the first cfg.eval_per_task of each task type held out."""
+    built-in documents with the first cfg.eval_per_task of each task type held out.
+    --eval-only builds or reads the evaluation samples only (built sample i of a task depends on
+    (seed, task, i) alone, so building eval_per_task of each gives the same held-out split)."""
+    if cfg.eval_only:
+        if cfg.eval_data:
+            return [], data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources,
+                                       skip_bad_golds=cfg.skip_bad_golds)
+        if cfg.data:
+            sys.exit("--eval-only with --data needs --eval-data: a JSONL training set has no held-out split")
+        return [], tasks.build_tasks(tasks.load_documents(), tok, cfg.eval_per_task, cfg.context_tokens, cfg.seed)
     if cfg.data:  # skipped records are counted and logged by load_jsonl
-        train_set = data.load_jsonl(cfg.data, skip_unknown=cfg.skip_unknown_sources)
+        train_set = data.load_jsonl(cfg.data, skip_unknown=cfg.skip_unknown_sources,
+                                    skip_bad_golds=cfg.skip_bad_golds)
         eval_set = []
     else:
         built = tasks.build_tasks(tasks.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
@@ -759,7 +922,8 @@ def load_data(cfg: Config, tok) -> tuple[list, list]:
             held[s.task] = held.get(s.task, 0) + 1
             (eval_set if held[s.task] <= cfg.eval_per_task else train_set).append(s)
     if cfg.eval_data:
-        eval_set = data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources)
+        eval_set = data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources,
+                                   skip_bad_golds=cfg.skip_bad_golds)
     if not train_set and not cfg.eval_only:
         sys.exit(f"no training samples (data: {cfg.data or 'built-in tasks'}): nothing to train on")
     return train_set, eval_set
@@ -816,7 +980,7 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
     # sampler is the model itself. Their numeric mismatch is what the rollout IS weights correct.
     sampler = policy.make_sampler(model) if device.type == "cuda" else model
     ref = None
-    if cfg.kl_coef > 0:
+    if cfg.kl_coef > 0 and not cfg.eval_only:
         ref_lm = policy.load_model(base, device, cfg.trust_remote_code, log).eval().requires_grad_(False)
         ref = policy.Policy(ref_lm, cfg.temperature, cfg.logprob_chunk)
     return tok, model, sampler, ref, eos_ids
@@ -891,27 +1055,47 @@ def make_trainer(model, cfg: Config, world: int, device) -> Trainer:
 # The main loop
 
 def main(argv=None):
-    """Train (or evaluate) as the config says; returns the trained Hugging Face model."""
+    """Train (or evaluate, or only plot) as the config says; returns the Hugging Face model."""
     cfg = parse_config(argv)
     rank, world, device = setup_distributed()
     log = print if rank == 0 else (lambda *a, **k: None)
-    log("config: " + json.dumps(dataclasses.asdict(cfg)))
-    out_dir = Path(cfg.out_dir)
+    out_dir, t_start = Path(cfg.out_dir), time.perf_counter()
+    if plot_only(cfg, out_dir):
+        log(f"--plot: {out_dir} holds a run; drawing it, no training (--resume or --overwrite to train)")
+        if rank == 0:
+            checkpoint.plot_rewards(out_dir)
+        return None
+    if cfg.plot:
+        checkpoint.require_matplotlib()  # now, not after the training
+    log(config_text(cfg, prepare_run_dir(cfg, out_dir, rank, log)))
     torch.manual_seed(cfg.seed + rank)  # sampling seeds below are explicit; this covers the rest
     random.seed(cfg.seed + rank)
 
-    ckpt = checkpoint.latest_checkpoint(out_dir, log) if cfg.resume else None  # damaged ones skipped, said
-    if cfg.resume:
-        log(f"resuming from {ckpt}" if ckpt else f"--resume: no intact checkpoint in {out_dir}; fresh start")
+    ckpt = weights_to_load(cfg, out_dir, log)
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
     train_set, eval_set = load_data(cfg, tok)
     dropped = 0
     if not cfg.eval_only:
         train_set, dropped = usable_prompts(train_set, tok, cfg, rank, world, log)
     log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
-        f"tasks: {sorted({s.task for s in train_set})}")
+        f"tasks: {sorted({s.task for s in train_set or eval_set})}")
     eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
                                                 truncate=cfg.truncate_prompts)
+
+    def run_eval(step, weights=None):
+        m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
+        log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with open(out_dir / "evals.jsonl", "a") as f:
+                f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m}))
+        return m
+
+    if cfg.eval_only:  # no training batches, optimizer or DDP needed
+        if not eval_set:
+            sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
+        log(eval_table(run_eval(checkpoint_step(ckpt), str(ckpt or cfg.model or policy.embedded_model_dir()))))
+        return model
     try:
         batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
                                      cfg.seed, balanced=cfg.task_balanced)
@@ -920,24 +1104,14 @@ def main(argv=None):
         sys.exit(2)
     tr = make_trainer(model, cfg, world, device)
     log_memory_estimate(model, cfg, world, device, log)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    def run_eval(step):
-        m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
-        log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
-        if rank == 0:
-            with open(out_dir / "evals.jsonl", "a") as f:
-                f.write(checkpoint.json_line({"step": step, **m}))
-        return m
 
     state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True) if ckpt else None
     start = state["step"] if state else 0
-    if cfg.eval_only:
-        run_eval(start)
-        return model
     if state:
-        tr.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            tr.optimizer.load_state_dict(state["optimizer"])
+        else:
+            log(f"{ckpt} was saved with --no-save-optimizer: AdamW's moments restart from zero")
         tr.scheduler.load_state_dict(state["scheduler"])
         batches.load_state_dict(state["data"])
         if len(state["rng"]) == world:
@@ -974,22 +1148,23 @@ def main(argv=None):
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
-            log_step(bar, step, m)
+            log_step(bar, m, task_order({s.task for s in train_set}))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
             rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
             if rank == 0:
-                checkpoint.save_checkpoint(out_dir, step, model, tok, tr.optimizer, tr.scheduler, batches,
-                                           cfg.keep_last, rngs)
+                checkpoint.save_checkpoint(out_dir, step, model, tok, tr.optimizer if cfg.save_optimizer else None,
+                                           tr.scheduler, batches, cfg.keep_last, rngs)
             if dist.is_initialized():
                 dist.barrier()
     if rank == 0:
-        log(f"metrics: {metrics_path}; checkpoint: {checkpoint.latest_checkpoint(out_dir)}")
         if cfg.plot:
             checkpoint.plot_rewards(out_dir)
+        lines = [json.loads(l) for l in open(metrics_path)]
+        log(run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], time.perf_counter() - t_start,
+                        out_dir, cfg.plot))
     if dist.is_initialized():
         dist.destroy_process_group()
     return model
-
 
 if __name__ == "__main__":
     main()
