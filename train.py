@@ -85,8 +85,8 @@ class Config:
     top_p: float = option(1.0, "nucleus sampling (paper: 1.0)")
     top_k: int = option(0, "top-k sampling, 0 = off (paper: off)")
     kv_budget_tokens: int = option(0, "KV positions per generation wave (prompts padded to the wave's "
-                                     "longest + n x max_new_tokens each); 0 = no limit: all of a rank's prompts "
-                                     "in one wave (paper: 425,984)")
+                                     "longest + n x max_new_tokens each); 0 = no limit: all prompts in one wave "
+                                     "(a rank's own) (paper: 425,984)")
     require_think: bool = option(False, "format gate: reward 0 without exactly one </think> (paper: on)")
     # objective
     advantage: str = option("tmn_reweight", "grpo | tmn | tmn_reweight")
