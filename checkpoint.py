@@ -198,7 +198,8 @@ def resume_metrics(path: Path, step: int, log=print) -> dict:
 
     Every line is read and checked before anything is written: lines that are not a JSON object with
     an integer "step" are damaged; they are dropped and the whole original file is moved aside to
-    metrics.jsonl.damaged[.N] (said in the log). Lines of later steps are dropped (they are redone).
+    metrics.jsonl.damaged[.N] (said in the log). Lines of later steps are dropped (they are redone);
+    the original is then kept as metrics.jsonl.before_resume_at_step_S[.N], so no line is ever lost.
     The new content goes to a temporary file that replaces the old one by rename. Returns counts.
     """
     out = {"kept": 0, "damaged": 0, "later": 0, "moved_to": None}
@@ -220,18 +221,21 @@ def resume_metrics(path: Path, step: int, log=print) -> dict:
         else:
             out["later"] += 1
     out["kept"], out["damaged"] = len(keep), len(bad)
-    if bad:
-        aside = path.with_name(path.name + ".damaged")
+    if bad or out["later"]:  # something is dropped: the original file is kept whole beside it
+        suffix = ".damaged" if bad else f".before_resume_at_step_{step}"
+        aside = path.with_name(path.name + suffix)
         n = 1
         while aside.exists():
-            aside, n = path.with_name(f"{path.name}.damaged.{n}"), n + 1
+            aside, n = path.with_name(f"{path.name}{suffix}.{n}"), n + 1
         shutil.copy2(path, aside)  # a copy: the original stays in place until the rename below
         out["moved_to"] = str(aside)
+    if bad:
         log(f"{path}: {len(bad)} damaged line(s) (line {', '.join(map(str, bad[:5]))}"
             f"{' ...' if len(bad) > 5 else ''}) dropped; the original file is kept as {aside}")
     if out["later"]:
         log(f"{path}: {out['later']} line(s) of steps after {step} dropped "
-            f"({'a fresh start' if step == 0 else 'the checkpoint is at step ' + str(step)}; the run redoes them)")
+            f"({'a fresh start' if step == 0 else 'the checkpoint is at step ' + str(step)}; the run redoes "
+            f"them); the original file is kept as {aside}")
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.writelines(keep)

@@ -10,7 +10,8 @@ difficulty filter live in tasks.py (`python tasks.py build ...`).
 
 Every record of the released set maps to one of the nine task types of rewards.TASKS and a gold
 answer in the type its metric reads (SPEC section 8); a malformed record is a DataError naming the
-file, the line and the field. The paper drops prompts longer than the context budget (SPEC section 6);
+file, the line and the field, and so is a gold its metric could not score (checked by rewards.parse_gold,
+the code that scores it). The paper drops prompts longer than the context budget (SPEC section 6);
 encode_prompts does that by default and can instead cut the middle of the longest document.
 """
 

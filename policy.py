@@ -19,6 +19,7 @@ response ends (issue 13: no import cycle, one set of EOS ids).
 import copy
 import importlib.util
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,7 +66,12 @@ def embedded_model_dir(cache: Path = CACHE) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    os.replace(tmp, out)  # atomic: a half-written folder is never taken for a finished one
+    try:
+        os.replace(tmp, out)  # atomic: a half-written folder is never taken for a finished one
+    except OSError:  # another process (a test, a second rank) finished first: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():
+            raise
     return out
 
 

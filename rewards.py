@@ -328,17 +328,17 @@ def _last_number(text: str) -> Optional[tuple[Fraction, bool]]:
 _BRACE = re.compile(r"[{}]")
 
 
-def _boxed(text: str, limit: Optional[int] = None) -> Optional[str]:
+def _boxed(text: str) -> Optional[str]:
     """Contents of the last \\boxed{...}, nested braces allowed; None if absent, unbalanced, or not
-    closed within `limit` characters (default MAX_EXPR_CHARS: no answer is longer).
+    closed within MAX_EXPR_CHARS characters (the parser would not read a longer answer anyway).
 
-    One pass over at most `limit` characters (issue 15 item 8: the old find-hops rescanned the text
-    after every brace, 2.8 s on a 1 MB "\\boxed{{{{...")."""
+    One pass over at most MAX_EXPR_CHARS characters (issue 15 item 8: the old find-hops rescanned
+    the text after every brace, 2.8 s on a 1 MB "\\boxed{{{{...")."""
     k = text.rfind("\\boxed{")
     if k < 0:
         return None
     start = k + len("\\boxed{")
-    stop = start + (MAX_EXPR_CHARS if limit is None else limit) + 1
+    stop = start + MAX_EXPR_CHARS + 1
     depth = 1
     for m in _BRACE.finditer(text, start, stop):
         depth += 1 if m.group() == "{" else -1

@@ -263,6 +263,47 @@ def test_resume_metrics_keeps_every_valid_line_and_sets_the_damaged_file_aside(t
     assert checkpoint.resume_metrics(path, 4, said.append)["moved_to"] == str(path) + ".damaged.1"
 
 
+def test_resume_without_a_checkpoint_keeps_the_dropped_lines_beside(tmp_path):
+    """--resume on a folder whose checkpoints are all damaged starts fresh (step 0): every metrics line
+    is dropped from metrics.jsonl, but the original file stays whole beside it, named for the step."""
+    path = tmp_path / "metrics.jsonl"
+    lines = ['{"step": 1}', '{"step": 2}']
+    write_lines(path, lines)
+    said = []
+    got = checkpoint.resume_metrics(path, 0, said.append)
+    assert path.read_text() == "" and got["later"] == 2
+    kept = tmp_path / "metrics.jsonl.before_resume_at_step_0"
+    assert got["moved_to"] == str(kept) and kept.read_text().splitlines() == lines
+    assert any("a fresh start" in s and str(kept) in s for s in said), said
+
+
+def test_embedded_model_dir_tolerates_a_conversion_that_finished_first(tmp_path, monkeypatch):
+    """Two processes converting the embedded model at once: the second rename fails because the folder
+    now exists; the loser drops its own copy and uses the winner's, no error, no stray .tmp folder."""
+    import transformers
+    import policy
+
+    class Fake:  # stands in for the GGUF read and the model rebuild (50 s on 2 cores): only the
+        config = object()  # rename race is under test here
+        state_dict = load_state_dict = lambda self, *a: {}
+        save_pretrained = lambda self, p: Path(p).mkdir(parents=True, exist_ok=True)
+    fake = classmethod(lambda cls, *a, **k: Fake())
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", fake)
+    out = tmp_path / "smollm2-135m-instruct"
+    real_replace = policy.os.replace
+
+    def other_process_won(src, dst):
+        Path(dst).mkdir()
+        (Path(dst) / "config.json").write_text("{}")
+        raise OSError(39, "Directory not empty")
+    monkeypatch.setattr(policy.os, "replace", other_process_won)
+    assert policy.embedded_model_dir(tmp_path) == out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    monkeypatch.setattr(policy.os, "replace", real_replace)
+
+
 def test_resume_metrics_leaves_the_file_whole_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "metrics.jsonl"
     write_lines(path, ['{"step": 1}', '{"step": 2}', '{"step": 3}'])

@@ -309,6 +309,31 @@ def test_math_equal_bad_gold(gold):
         math_equal("12", gold)
 
 
+def _boxed_reference(text):
+    # The obvious version: walk character by character from the last "\\boxed{", counting depth.
+    k = text.rfind("\\boxed{")
+    if k < 0:
+        return None
+    depth, start = 1, k + len("\\boxed{")
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            content = text[start:i]
+            return content if len(content) <= rewards.MAX_EXPR_CHARS else None
+    return None
+
+
+def test_boxed_equals_the_character_walk():
+    assert rewards._boxed("so \\boxed{1} then \\boxed{\\frac{a}{b}} done") == "\\frac{a}{b}"  # the last box
+    assert rewards._boxed("\\boxed{12") is None and rewards._boxed("no box") is None
+    assert rewards._boxed("\\boxed{" + "1" * rewards.MAX_EXPR_CHARS + "}") == "1" * rewards.MAX_EXPR_CHARS
+    assert rewards._boxed("\\boxed{" + "1" * (rewards.MAX_EXPR_CHARS + 1) + "}") is None  # too long to parse
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choices(["{", "}", "a", "\\boxed{", "\\", " "], k=rng.randint(0, 40)))
+        assert rewards._boxed(text) == _boxed_reference(text), text
+
+
 def test_math_equal_never_runs_model_text():
     # Text that an eval-based scorer would execute: here it is just characters without a number.
     assert math_equal("__import__('os').system('echo hacked')", "0") == 0.0

@@ -198,13 +198,15 @@ def test_every_task_has_a_short_label_in_the_step_line_and_readme():
 
 def test_run_summary_compares_first_and_last_steps(tmp_path):
     lines = [{"step": s, "reward/all/mean": s / 10, "reward/comprehension/mean": s / 20} for s in range(1, 11)]
-    lines[0]["reward/summarization/mean"] = 0.9  # only in the first steps
+    for s in (2, 4, 7):  # a task in the batch of a few steps only: its own first and last of them
+        lines[s - 1]["reward/summarization/mean"] = s / 10
     text = train.run_summary(lines, 179.6, tmp_path, plotted=False)
-    assert "steps 1-10 in 3 min 0 s" in text and "steps 1-5 -> steps 6-10" in text
+    assert text.startswith("done: steps 1-10 in 3 min 0 s")
     rows = {l.split()[0]: l for l in text.splitlines()[2:]}
-    assert rows["all"].endswith("0.300 -> 0.800")        # mean of 0.1..0.5 and of 0.6..1.0
-    assert rows["comprehension"].endswith("0.150 -> 0.400")
-    assert rows["summarization"].split()[-3:] == ["0.900", "->", "-"]
+    assert rows["all"].endswith("0.300 (steps 1-5) -> 0.800 (steps 6-10)")  # means of 0.1..0.5, 0.6..1.0
+    assert rows["comprehension"].endswith("0.150 (steps 1-5) -> 0.400 (steps 6-10)")
+    assert rows["summarization"].endswith("0.200 (step 2) -> 0.700 (step 7)")
+    assert list(rows)[:3] == ["comprehension", "summarization", "all"]  # README order, "all" last
     assert "python train.py --plot" in text and "checkpoint: none" in text
 
 
