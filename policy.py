@@ -455,8 +455,12 @@ def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print
             log("--shard fsdp with one process: nothing to shard, training the plain model")
         return net
     if shard == "ddp":
+        # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets instead of beside
+        # them (saves 4 bytes per parameter, ~16 GB for a 4B model). broadcast_buffers=False: the only
+        # buffers (RoPE frequencies) are equal on every rank and never change, so no broadcast per forward.
         return nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True, broadcast_buffers=False)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(device.type, (world,))  # one flat group: every rank holds 1/world
@@ -557,10 +561,15 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     return _full(norm)
 
 
+def local_shard(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded (DTensor) tensor; a plain tensor as it is."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
 def local_state_bytes(model: nn.Module, optimizer) -> int:
     """Bytes this rank holds for parameters, their gradients and the optimizer's state (local
     shards only under fsdp). Activations, the sampler and FSDP's transient gathers are not counted."""
-    local = lambda t: t.to_local() if _is_dtensor(t) else t
+    local = local_shard
     total = 0
     for p in model.parameters():
         total += local(p).nbytes + (local(p.grad).nbytes if p.grad is not None else 0)

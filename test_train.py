@@ -324,13 +324,16 @@ def test_other_options_run(tiny, tmp_path, monkeypatch):
     assert {k.split("/")[1] for k in evals[-1] if k.startswith("eval/")} - {"mean"} == tasks
 
 
-def test_bad_inputs_get_clear_messages(tiny, tmp_path):
+def test_bad_inputs_get_clear_messages(tiny, tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(SystemExit, match="no training samples"):
         train.main(args(tiny, tmp_path) + ["--data", str(tmp_path / "empty.jsonl")])
-    with pytest.raises(SystemExit, match=r"no prompt left to generate from \(2 dropped as longer than "
-                                         r"--max-prompt-tokens 50"):
+    with pytest.raises(SystemExit) as e:  # found at load, before step 1 (issue 15 item 4)
         train.main(args(tiny, tmp_path, "--max-prompt-tokens", "50"))
+    assert e.value.code == 2
+    n = len(data.load_jsonl(tiny / "tasks.jsonl"))
+    assert f"no usable training prompt: all {n} are longer than --max-prompt-tokens 50" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_every_flag_passes_through_torchrun():

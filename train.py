@@ -19,7 +19,8 @@ One training step (the paper's recipe, SPEC sections 2-6):
 
 How this differs from the paper's released code (a verl fork): plain torch DDP (default) or torch's
 FSDP2 (--shard fsdp: weights, gradients and AdamW states sharded across GPUs) replaces verl's FSDP,
-and there is no sequence parallelism (see README for memory per GPU); generation is our own loop (rollout.py) instead of vLLM; the trainer keeps float32
+and there is no sequence parallelism (README: Memory, and Scaling past one GPU: FSDP2); generation is
+our own loop (rollout.py) instead of vLLM; the trainer keeps float32
 master weights and runs bf16 autocast on CUDA.
 """
 
@@ -84,7 +85,9 @@ class Config:
     temperature: float = option(1.0, "sampling temperature (paper: 1.0)")
     top_p: float = option(1.0, "nucleus sampling (paper: 1.0)")
     top_k: int = option(0, "top-k sampling, 0 = off (paper: off)")
-    kv_budget_tokens: int = option(0, "KV positions per generation wave; 0 = no limit: all prompts in one wave")
+    kv_budget_tokens: int = option(0, "KV positions per generation wave (prompts padded to the wave's "
+                                     "longest + n x max_new_tokens each); 0 = no limit: all prompts in one wave "
+                                     "(a rank's own) (paper: 425,984)")
     require_think: bool = option(False, "format gate: reward 0 without exactly one </think> (paper: on)")
     # objective
     advantage: str = option("tmn_reweight", "grpo | tmn | tmn_reweight")
@@ -132,7 +135,9 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              gen_prompts=512, max_gen_rounds=4, clip_low=0.2, clip_high=0.28, dual_clip=3.0,
              temperature=1.0, top_p=1.0, top_k=0, max_prompt_tokens=163_840, max_new_tokens=16_384,
              require_think=True, advantage="tmn_reweight", alpha=0.8, micro_batch_tokens=32_768,
-             kv_budget_tokens=262_144)  # KV positions per generation wave: ~30-40 GB bf16 for Qwen3-1.7B/4B
+             # KV positions per generation wave: the recipe's largest prompt with its G x max_new rows
+             # (rollout.wave_kv_tokens), so that prompt fits a wave of its own: 163,840 + 16 x 16,384
+             kv_budget_tokens=163_840 + 16 * 16_384)
 
 
 # Lower bounds of the numeric fields, and why (issue 15 item 5: each was found late, or never).
@@ -331,7 +336,7 @@ class Rows:
     @staticmethod
     def cat(parts: list) -> "Rows":
         """Rows of several generation rounds in one, response width padded to the widest."""
-        if not parts:  # a rank with nothing to generate (all its prompts too long)
+        if not parts:  # a rank that drew no prompt
             e = torch.zeros(0, 1)
             return Rows([], e.long(), e.bool(), e, [], [], [], [], [])
         T = max(p.tokens.shape[1] for p in parts)
@@ -400,22 +405,26 @@ def pick_groups(all_rows: list, need: int, filtering: bool) -> list:
 
     all_rows: every rank's (groups, rewards) lists of this round, in rank order (gathered: small).
     Returns, per rank, the kept row indices.
-    A prompt is kept if its rewards are not all equal (or filtering is off), in global order, until
-    `need` prompts are kept; the surplus is discarded (SPEC section 5).
+    A prompt is usable if its rewards are not all equal (or filtering is off); the surplus beyond
+    `need` usable prompts is discarded (SPEC section 5). Usable prompts are taken round-robin over
+    the ranks (each rank's first, then each rank's second, ...; a rank that runs out is skipped), so
+    every rank ends with (almost) the same number of kept rows: filling rank by rank left half the
+    GPUs of an 8-rank step idle in a dummy backward (issue 9: kept rows [624, 624, 400, 400, 0, 0, 0, 0]).
     """
-    keep = [[] for _ in all_rows]
-    for r, (groups, rewards_) in enumerate(all_rows):
+    usable = []  # per rank: the row indices of each usable prompt, in the rank's order
+    for groups, rewards_ in all_rows:
         by_group: dict = {}
         for i, g in enumerate(groups):
             by_group.setdefault(g, []).append(i)
-        for idx in by_group.values():
-            if need <= 0:
-                break
-            vals = [rewards_[i] for i in idx]
-            if filtering and max(vals) == min(vals):
-                continue  # zero variance: no learning signal, only noise in the statistics
-            keep[r].extend(idx)
-            need -= 1
+        # zero variance: no learning signal, only noise in the statistics
+        usable.append([idx for idx in by_group.values()
+                       if not (filtering and max(rewards_[i] for i in idx) == min(rewards_[i] for i in idx))])
+    keep = [[] for _ in all_rows]
+    for j in range(max((len(u) for u in usable), default=0)):   # j-th usable prompt of every rank
+        for r, u in enumerate(usable):
+            if need > 0 and j < len(u):
+                keep[r].extend(u[j])
+                need -= 1
     return keep
 
 
@@ -426,7 +435,6 @@ class Batch:
     generated: list    # [Record] of every generated row, all ranks, in one global order
     kept: list         # [Record] of the kept rows, all ranks, in the order of the advantages
     my_pos: list       # [int] where this rank's kept rows sit in `kept`
-    dropped: int       # prompts dropped as longer than max_prompt_tokens (this rank)
     gen_tokens: int    # tokens generated by this rank
     nonfinite: int     # rewards that were NaN / infinite, scored 0 (this rank)
     times: dict        # seconds on this rank: rollout_s, reward_s
@@ -435,13 +443,12 @@ class Batch:
 def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: int, device) -> Batch:
     """Steps 1-5: generation rounds until the global batch holds cfg.prompts_per_step prompts with a
     learning signal (or cfg.max_gen_rounds is reached)."""
-    b = Batch(Rows.cat([]), [], [], [], 0, 0, 0, {"rollout_s": 0.0, "reward_s": 0.0})
+    b = Batch(Rows.cat([]), [], [], [], 0, 0, {"rollout_s": 0.0, "reward_s": 0.0})
     need, parts = cfg.prompts_per_step, []
     for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling else 1):
         samples = batches.next_batch()                                           # step 1
-        ids, samples, counts = data.encode_prompts(samples, tok, cfg.max_prompt_tokens,
-                                                   truncate=cfg.truncate_prompts)
-        b.dropped += counts.get("dropped_too_long", 0)
+        # every prompt fits: too-long ones were dropped at load (usable_prompts); truncation may apply
+        ids, samples, _ = data.encode_prompts(samples, tok, cfg.max_prompt_tokens, truncate=cfg.truncate_prompts)
         seed = hash((cfg.seed, step, rnd, rank)) % 2**31  # reproducible, distinct per rank
         rows = Rows.cat([])
         if samples:                                                              # steps 2-3
@@ -464,10 +471,6 @@ def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: 
         if need <= 0:
             break
     b.mine = Rows.cat(parts)
-    dropped = all_reduce(b.dropped, device)
-    if not b.generated:
-        sys.exit(f"step {step}: no prompt left to generate from ({int(dropped)} dropped as longer "
-                 f"than --max-prompt-tokens {cfg.max_prompt_tokens}; try --truncate-prompts)")
     return b
 
 
@@ -597,18 +600,67 @@ def mini_batch_backward(tr: Trainer, rows: Rows, part: list, adv, old_lp, ref, c
     return metrics, n, bad
 
 
-def optimizer_step(tr: Trainer, cfg: Config, bad: float) -> tuple[float, bool]:
-    """Step 9: clip the global gradient norm, then AdamW, unless a loss or the gradient is non-finite
-    on any rank (every rank then skips, weights untouched). Returns (gradient norm, skipped)."""
+ABSURD_UPDATE_RATIO = 1.0  # ||update|| / ||weights||: Adam at lr 1e-5 moves weights ~1e-3 of their norm
+
+
+@torch.no_grad()
+def preview_adamw(optimizer: torch.optim.Optimizer, chunk: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
+    """What optimizer.step() (AdamW, no amsgrad) would do to the weights, without doing it.
+
+    Returns (1 if any new weight would be non-finite else 0, ||new - old|| / ||old|| over all weights),
+    both 0-dim tensors (no host sync). Per parameter, as torch.optim.AdamW computes it:
+        m' = b1 m + (1 - b1) g      v' = b2 v + (1 - b2) g^2      t' = t + 1
+        p' = p (1 - lr wd) - lr / (1 - b1^t') * m' / (sqrt(v') / sqrt(1 - b2^t') + eps)
+    A chunk of `chunk` elements at a time, so the extra memory is a few chunks, not a weight copy.
+    Under fsdp each rank previews its own shards: the ratio is then its shards' (optimizer_step takes
+    the largest over ranks), the non-finite check is exact.
+    """
+    device = optimizer.param_groups[0]["params"][0].device
+    bad, upd2, w2 = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
+    for group in optimizer.param_groups:
+        lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            st = optimizer.state.get(p, {})
+            t = float(st["step"]) + 1 if "step" in st else 1.0
+            flat = lambda x: policy.local_shard(x).detach().reshape(-1).split(chunk)  # fsdp: own shard
+            ms = flat(st["exp_avg"]) if "exp_avg" in st else [None] * len(flat(p))
+            vs = flat(st["exp_avg_sq"]) if "exp_avg_sq" in st else [None] * len(flat(p))
+            for w, g, m, v in zip(flat(p), flat(p.grad), ms, vs):
+                g = g.float()
+                m = (1 - b1) * g if m is None else b1 * m + (1 - b1) * g
+                v = (1 - b2) * g * g if v is None else b2 * v + (1 - b2) * g * g
+                new = w * (1 - lr * wd) - lr / (1 - b1 ** t) * m / (v.sqrt() / math.sqrt(1 - b2 ** t) + eps)
+                bad = torch.maximum(bad, (~torch.isfinite(new)).any().double())
+                upd2 += ((new - w).double() ** 2).sum()
+                w2 += (w.double() ** 2).sum()
+    return bad, (upd2 / w2.clamp_min(1e-30)).sqrt()
+
+
+def optimizer_step(tr: Trainer, cfg: Config, bad: float) -> tuple[float, bool, float]:
+    """Step 9: clip the global gradient norm, then AdamW. Every rank skips the step (weights and
+    optimizer state untouched) when a loss or the gradient is non-finite on any rank, or when the
+    step would make any weight non-finite (issue 15: --lr 1e39); an update larger than the weights
+    themselves (--lr 1e6) is applied with a loud warning. Returns (gradient norm, skipped, ratio)."""
     norm = policy.clip_grad_norm(tr.net.parameters(), cfg.grad_clip)  # global norm, also when sharded
-    bad = all_reduce(bad + float(not torch.isfinite(norm)), tr.device)
+    blowup, ratio = preview_adamw(tr.optimizer)
+    bad, blowup, ratio = all_reduce_list([bad + float(not torch.isfinite(norm)), float(blowup), float(ratio)],
+                                         tr.device, dist.ReduceOp.MAX)  # one fixed call: ranks agree
     if bad:
         print(f"warning: non-finite loss or gradient (norm {float(norm)}): step skipped", flush=True)
+    elif blowup:
+        print(f"warning: this update would make weights non-finite (update/weight norm ratio {ratio:.3g}, "
+              f"lr {tr.optimizer.param_groups[0]['lr']:.3g}): step skipped, weights untouched", flush=True)
     else:
+        if ratio > ABSURD_UPDATE_RATIO:
+            print(f"WARNING: update/weight norm ratio {ratio:.3g} > {ABSURD_UPDATE_RATIO}: this step moves "
+                  f"the weights by more than their own size (lr {tr.optimizer.param_groups[0]['lr']:.3g}); "
+                  "the run is very likely diverging, check --lr", flush=True)
         tr.optimizer.step()
     tr.state_bytes = policy.local_state_bytes(tr.net, tr.optimizer)  # before the grads are freed
     tr.optimizer.zero_grad(set_to_none=True)
-    return float(norm), bool(bad)
+    return float(norm), bool(bad or blowup), ratio
 
 
 def update(tr: Trainer, rows: Rows, adv: torch.Tensor, ref, cfg: Config, pad_id: int) -> dict:
@@ -621,13 +673,13 @@ def update(tr: Trainer, rows: Rows, adv: torch.Tensor, ref, cfg: Config, pad_id:
         for k, v in m.items():
             metrics[k] = metrics.get(k, 0.0) + v
         n_metrics += n
-        norm, was_skipped = optimizer_step(tr, cfg, bad)
+        norm, was_skipped, ratio = optimizer_step(tr, cfg, bad)
         skipped += was_skipped
     if skipped < len(parts):
         tr.scheduler.step()  # the schedule counts batches that updated the weights
     return {**{k: v / max(n_metrics, 1) for k, v in metrics.items()},
-            "grad_norm": norm, "skipped_steps": float(skipped),  # norm of the last mini-batch
-            "state_gib": tr.state_bytes / 2**30}
+            "grad_norm": norm, "update_ratio": ratio,   # of the last mini-batch
+            "skipped_steps": float(skipped), "state_gib": tr.state_bytes / 2**30}
 
 
 def sync_sampler(sampler: nn.Module, model: nn.Module):
@@ -710,13 +762,11 @@ def speed_metrics(batch: Batch, rows: Rows, update_s: float, device) -> dict:
     """Seconds per phase (slowest rank), tokens per second and peak memory of one step.
 
     Two collectives with fixed-length lists, the same on every rank whatever its data (issue 9)."""
-    dropped, nonfinite, gen_tokens, train_tokens = all_reduce_list(
-        [batch.dropped, batch.nonfinite, batch.gen_tokens, sum(len(p) for p in rows.prompts) + int(rows.mask.sum())],
-        device)
+    nonfinite, gen_tokens, train_tokens = all_reduce_list(
+        [batch.nonfinite, batch.gen_tokens, sum(len(p) for p in rows.prompts) + int(rows.mask.sum())], device)
     rollout_s, reward_s, update_s = all_reduce_list(
         [batch.times["rollout_s"], batch.times["reward_s"], update_s], device, dist.ReduceOp.MAX)
-    return {"dropped_too_long": dropped, "nonfinite_rewards": nonfinite,
-            "rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s,
+    return {"nonfinite_rewards": nonfinite, "rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s,
             "gen_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
             "update_tokens_per_s": train_tokens / max(update_s, 1e-9),
             "peak_mem_gib": (torch.cuda.max_memory_allocated() if device.type == "cuda" else
@@ -890,6 +940,34 @@ def load_data(cfg: Config, tok) -> tuple[list, list]:
     return train_set, eval_set
 
 
+def usable_prompts(samples: list, tok, cfg: Config, rank: int, world: int, log) -> tuple[list, int]:
+    """The training samples whose chat prompt fits --max-prompt-tokens (or, with --truncate-prompts,
+    can be cut to fit), decided once before step 1 so that no step runs short of prompts (issue 15).
+
+    Each rank tokenizes every world-th sample and the verdicts are gathered: the set is tokenized
+    once, spread over the ranks. The test is data.encode_prompts' own. Returns (usable samples,
+    number dropped); no usable prompt: exit 2.
+    """
+    def fits(s) -> bool:
+        if len(data.chat_ids(tok, s.prompt)) <= cfg.max_prompt_tokens:
+            return True
+        return cfg.truncate_prompts and data.truncate_prompt(
+            s.prompt, s.meta.get("question"), tok, cfg.max_prompt_tokens) is not None
+    t0 = time.perf_counter()
+    verdicts = dict(x for part in gather([(i, fits(samples[i])) for i in range(rank, len(samples), world)])
+                    for x in part)
+    kept = [s for i, s in enumerate(samples) if verdicts[i]]
+    dropped = len(samples) - len(kept)
+    log(f"data: {dropped} of {len(samples)} training prompts are longer than --max-prompt-tokens "
+        f"{cfg.max_prompt_tokens} and were dropped ({time.perf_counter() - t0:.1f} s to check)")
+    if not kept:
+        print(f"error: no usable training prompt: all {len(samples)} are longer than --max-prompt-tokens "
+              f"{cfg.max_prompt_tokens} (data: {cfg.data or 'built-in tasks'}); raise it or pass "
+              "--truncate-prompts", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return kept, dropped
+
+
 def load_policy(cfg: Config, ckpt, rank: int, device, log):
     """(tokenizer, trainer model, sampler, frozen reference or None, EOS ids). Rank 0 converts the
     embedded default once, the others wait."""
@@ -921,6 +999,54 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
         ref_lm = policy.load_model(base, device, cfg.trust_remote_code, log).eval().requires_grad_(False)
         ref = policy.Policy(ref_lm, cfg.temperature, cfg.logprob_chunk)
     return tok, model, sampler, ref, eos_ids
+
+
+def wave_kv_positions(cfg: Config, world: int) -> int:
+    """KV positions (per layer) of the largest generation wave: rollout.wave_kv_tokens of the
+    longest allowed prompt with its G x max_new rows, or the whole budget if that is larger; with no
+    budget (0) all of a rank's prompts of a round share one wave."""
+    one = cfg.max_prompt_tokens + cfg.group_size * cfg.max_new_tokens
+    if cfg.kv_budget_tokens:
+        return max(cfg.kv_budget_tokens, one)
+    return max((cfg.gen_prompts or cfg.prompts_per_step) // world, 1) * one
+
+
+def memory_estimate(n_params: int, config, kv_positions: int, sampler: bool = True,
+                    bucket_view: bool = True) -> dict:
+    """Bytes per GPU under DDP for a model of n_params parameters (issue 9), before activations:
+
+        weights fp32 4N + gradients fp32 4N + AdamW exp_avg, exp_avg_sq 8N        = 16N
+        + DDP's gradient buckets 4N unless gradient_as_bucket_view (then they *are* the gradients)
+        + bf16 sampler copy 2N (CUDA)
+        + rollout KV, bf16: 2 (K and V) x layers x kv_heads x head_dim x 2 bytes x kv_positions
+
+    config: the model's HF config (num_hidden_layers, num_key_value_heads, head_dim).
+    kv_positions: KV positions of the largest generation wave (wave_kv_positions).
+    """
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
+    m = {"weights": 4 * n_params, "grads": 4 * n_params, "adamw": 8 * n_params,
+         "ddp_buckets": 0 if bucket_view else 4 * n_params, "sampler": 2 * n_params if sampler else 0,
+         "rollout_kv": kv_per_token * kv_positions}
+    m["total"] = sum(m.values())
+    return m
+
+
+def log_memory_estimate(model, cfg: Config, world: int, device, log):
+    """Print the estimate at start-up on CUDA, against the GPU's memory: a run that cannot fit is
+    visible before any GPU time is spent."""
+    if device.type != "cuda":
+        return
+    kv = wave_kv_positions(cfg, world)
+    m = memory_estimate(sum(p.numel() for p in model.parameters()), model.config, kv)
+    have = torch.cuda.get_device_properties(device).total_memory
+    gib = lambda b: f"{b / 2**30:.1f}"
+    log(f"memory estimate per GPU (GiB, activations not included): weights {gib(m['weights'])} + grads "
+        f"{gib(m['grads'])} + AdamW {gib(m['adamw'])} + bf16 sampler {gib(m['sampler'])} + rollout KV "
+        f"{gib(m['rollout_kv'])} ({kv:,} positions per wave) = {gib(m['total'])} of {gib(have)}")
+    if m["total"] > have:
+        log("warning: this does not fit on one GPU under DDP; lower --kv-budget-tokens, --max-new-tokens, "
+            "--group-size or --max-prompt-tokens, or use a smaller model (README: Memory)")
 
 
 def sharded(cfg: Config) -> bool:
@@ -962,6 +1088,9 @@ def main(argv=None):
     ckpt = weights_to_load(cfg, out_dir, log)
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
     train_set, eval_set = load_data(cfg, tok)
+    dropped = 0
+    if not cfg.eval_only:
+        train_set, dropped = usable_prompts(train_set, tok, cfg, rank, world, log)
     log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
         f"tasks: {sorted({s.task for s in train_set or eval_set})}")
     eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
@@ -981,9 +1110,19 @@ def main(argv=None):
             sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
         log(eval_table(run_eval(checkpoint_step(ckpt), str(ckpt or cfg.model or policy.embedded_model_dir()))))
         return model
-    batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
-                                 cfg.seed, balanced=cfg.task_balanced)
+    try:
+        batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
+                                     cfg.seed, balanced=cfg.task_balanced)
+    except ValueError as e:  # too few usable prompts for one generation batch
+        print(f"error: {len(train_set)} usable training prompts: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     tr = make_trainer(model, cfg, world, device, log)
+    if sharded(cfg):  # memory_estimate is ddp's; fsdp's states are sharded (policy.gb_per_gpu)
+        gb = policy.gb_per_gpu(sum(p.numel() for p in model.parameters()), "fsdp", world, accumulate=True)
+        log("memory per GPU under fsdp (GB, before activations and rollout KV): " +
+            ", ".join(f"{k} {v:.1f}" for k, v in gb.items()))
+    else:
+        log_memory_estimate(model, cfg, world, device, log)
 
     state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True) if ckpt else None
     start = state["step"] if state else 0
@@ -1014,7 +1153,8 @@ def main(argv=None):
         lr = tr.scheduler.get_last_lr()[0]
         batch = collect_batch(step, cfg, batches, sampler, tok, eos_ids, rank, device)    # steps 1-5
         adv = advantages(batch.kept, cfg)                                                 # step 6
-        m = {"step": step, "lr": lr, "generated_prompts": len({x.group for x in batch.generated}),
+        m = {"step": step, "lr": lr, "dropped_too_long": dropped,  # at load, before step 1
+             "generated_prompts": len({x.group for x in batch.generated}),
              **step_metrics(batch.generated, batch.kept, adv, cfg)}
         t_update = time.perf_counter()
         if batch.kept:
