@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python -m pytest -q test_fsdp.py
 
-One torchrun launch runs four trainings back to back in each rank (train.main sets up and tears down
+One torchrun launch runs five trainings back to back in each rank (train.main sets up and tears down
 its process group each time), one in-process run is the reference, and the checks read what the runs
 wrote: the final Hugging Face folders, metrics.jsonl and the log.
 
@@ -11,6 +11,7 @@ wrote: the final Hugging Face folders, metrics.jsonl and the log.
     resume   fsdp's step-1 checkpoint, then --resume to step 2          == fsdp
     mixed    ddp's step-1 checkpoint, --resume under fsdp to step 2 (AdamW restarts), with one
              prompt per step and two mini-batches: rank 1 keeps no rows and joins by dummy passes
+    nan      fsdp, 1 step with a NaN loss: skipped, weights untouched
     one      1 process (in pytest), 2 steps                             == ddp == fsdp
 
 Prompts per step 3 of 4 generated: the kept rows differ between ranks (8 and 4 when every group
@@ -111,6 +112,9 @@ if rank == 0:
 run(2, *test_fsdp.args(d, "resume", "--shard", "fsdp", "--resume"))
 run(3, *test_fsdp.args(d, "mixed", "--shard", "fsdp", "--resume", "--prompts-per-step", "1",
                        "--mini-batches", "2"))
+real = train.grpo.policy_loss  # a NaN loss on every rank: the step must be skipped, weights untouched
+train.grpo.policy_loss = lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1])
+run(4, *test_fsdp.args(d, "nan", "--shard", "fsdp", "--steps", "1"))
 """
 
 
@@ -136,7 +140,7 @@ def runs(tmp_path_factory, qwen_tokenizer):
     tiny_qwen3(seed=0).save_pretrained(d / "model")
     qwen_tokenizer.save_pretrained(d / "model")
     data.save_jsonl(tasks.build_tasks(tasks.load_documents(), qwen_tokenizer, 2, 400, seed=0), d / "tasks.jsonl")
-    (d / "driver.py").write_text(DRIVER.format(root=str(ROOT), d=str(d), ports=[free_port() for _ in range(4)]))
+    (d / "driver.py").write_text(DRIVER.format(root=str(ROOT), d=str(d), ports=[free_port() for _ in range(5)]))
     launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                              f"--master_port={free_port()}", str(d / "driver.py")], capture_output=True,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=d, timeout=300)
@@ -222,3 +226,12 @@ def test_fsdp_checkpoint_is_a_hugging_face_folder_that_generates(runs):
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32
     out = model.generate(torch.tensor([[9707, 11]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 5)
+
+
+def test_fsdp_non_finite_loss_skips_the_step(runs):
+    d, log = runs
+    assert metrics(d, "nan")[0]["skipped_steps"] == 1 and "step skipped" in log
+    from safetensors.torch import load_file
+    after = load_file(d / "nan" / "checkpoints" / "step_000001" / "model.safetensors")
+    init = tiny_qwen3(seed=0).state_dict()
+    assert all(torch.equal(init[k], v) for k, v in after.items())
