@@ -10,7 +10,8 @@ wrote: the final Hugging Face folders, metrics.jsonl and the log.
     fsdp     2 ranks, 2 steps, checkpoint every step
     resume   fsdp's step-1 checkpoint, then --resume to step 2          == fsdp
     mixed    ddp's step-1 checkpoint, --resume under fsdp to step 2 (AdamW restarts), with one
-             prompt per step and two mini-batches: rank 1 keeps no rows and joins by dummy passes
+             prompt per step and two mini-batches: rank 1 keeps no rows and joins by dummy passes;
+             also the per-row forward (--no-shared-prefix) and the KL reference (--kl-coef)
     nan      fsdp, 1 step with a NaN loss: skipped, weights untouched
     one      1 process (in pytest), 2 steps                             == ddp == fsdp
 
@@ -111,7 +112,7 @@ if rank == 0:
         shutil.copytree(d / src / "checkpoints" / "step_000001", d / dst / "checkpoints" / "step_000001")
 run(2, *test_fsdp.args(d, "resume", "--shard", "fsdp", "--resume"))
 run(3, *test_fsdp.args(d, "mixed", "--shard", "fsdp", "--resume", "--prompts-per-step", "1",
-                       "--mini-batches", "2"))
+                       "--mini-batches", "2", "--no-shared-prefix", "--kl-coef", "0.1"))
 real = train.grpo.policy_loss  # a NaN loss on every rank: the step must be skipped, weights untouched
 train.grpo.policy_loss = lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1])
 run(4, *test_fsdp.args(d, "nan", "--shard", "fsdp", "--steps", "1"))
