@@ -10,7 +10,7 @@ wrote: the final Hugging Face folders, metrics.jsonl and the log.
     fsdp     2 ranks, 2 steps, checkpoint every step
     resume   fsdp's step-1 checkpoint, then --resume to step 2          == fsdp
     mixed    ddp's step-1 checkpoint, --resume under fsdp to step 2 (AdamW restarts), with one
-             prompt per step and two mini-batches: rank 1 keeps no rows and joins by dummy passes;
+             prompt per step and two mini-batches: one rank keeps no rows and joins by dummy passes;
              also the per-row forward (--no-shared-prefix) and the KL reference (--kl-coef)
     nan      fsdp, 1 step with a NaN loss: skipped, weights untouched
     one      1 process (in pytest), 2 steps                             == ddp == fsdp
@@ -206,7 +206,7 @@ def test_ddp_checkpoint_resumes_under_fsdp_with_a_fresh_optimizer(runs):
     d, log = runs
     assert "AdamW's moments restart from zero" in log
     m = metrics(d, "mixed")[-1]
-    assert m["step"] == 2 and m["kept_prompts"] == 1  # one prompt: rank 1 trained on dummy passes only
+    assert m["step"] == 2 and m["kept_prompts"] == 1  # one prompt: the other rank ran dummy passes only
     start = final_weights(d, "ddp")  # not the same step 2: the optimizer restarted
     from safetensors.torch import load_file
     step1 = load_file(d / "ddp" / "checkpoints" / "step_000001" / "model.safetensors")
