@@ -1066,6 +1066,115 @@ def make_trainer(model, cfg: Config, world: int, device, log=print) -> Trainer:
 
 
 # -----------------------------------------------------------------------------
+# The pieces of main(), in the order it calls them
+
+def evaluate_and_log(step: int, sampler, tok, eval_set, eval_ids, cfg: Config, eos_ids, rank: int,
+                     world: int, log, weights=None) -> dict:
+    """evaluate(), one log line, and one line in out_dir/evals.jsonl (rank 0); returns the metrics.
+    weights: what was evaluated (--eval-only names the checkpoint or model in the line)."""
+    m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
+    log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
+    if rank == 0:
+        out_dir = Path(cfg.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "evals.jsonl", "a") as f:
+            f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m}))
+    return m
+
+
+def eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg: Config, eos_ids, rank: int, world: int,
+              log):
+    """--eval-only: score the loaded weights once and print the table; no batches, optimizer or DDP."""
+    if not eval_set:
+        sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
+    weights = str(ckpt or cfg.model or policy.embedded_model_dir())
+    m = evaluate_and_log(checkpoint_step(ckpt), sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world,
+                         log, weights)
+    log(eval_table(m))
+    return model
+
+
+def prompt_batches(train_set: list, cfg: Config, rank: int, world: int) -> data.PromptBatches:
+    """Step 1's source: this rank's share of each generation round's prompts; exit 2 if too few."""
+    try:
+        return data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
+                                  cfg.seed, balanced=cfg.task_balanced)
+    except ValueError as e:  # too few usable prompts for one generation batch
+        print(f"error: {len(train_set)} usable training prompts: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def log_memory(model, cfg: Config, world: int, device, log):
+    """The start-up memory line: ddp's estimate against the GPU (CUDA only), or fsdp's per-GPU share."""
+    if sharded(cfg):  # memory_estimate is ddp's; fsdp's states are sharded (policy.gb_per_gpu)
+        gb = policy.gb_per_gpu(sum(p.numel() for p in model.parameters()), "fsdp", world, accumulate=True)
+        log("memory per GPU under fsdp (GB, before activations and rollout KV): " +
+            ", ".join(f"{k} {v:.1f}" for k, v in gb.items()))
+    else:
+        log_memory_estimate(model, cfg, world, device, log)
+
+
+def resume_state(ckpt, tr: Trainer, batches, cfg: Config, rank: int, world: int, log) -> int:
+    """--resume: restore AdamW (when the checkpoint has it), the schedule, the data order and every
+    rank's random generators from ckpt/trainer_state.pt. Returns the step to continue after (0: fresh)."""
+    if not ckpt:
+        return 0
+    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+    if "optimizer" in state and sharded(cfg):  # indexed whole tensors; fsdp holds named shards
+        log(f"{ckpt} is a ddp checkpoint, resumed under --shard fsdp: the weights, schedule, data "
+            "order and random state continue; AdamW's moments restart from zero")
+    elif "optimizer" in state:
+        tr.optimizer.load_state_dict(state["optimizer"])
+    elif (ckpt / "optimizer").is_dir():  # an fsdp checkpoint's AdamW shards (any --shard reads them)
+        checkpoint.load_sharded_optimizer(ckpt / "optimizer", tr.net, tr.optimizer)
+    else:
+        log(f"{ckpt} was saved with --no-save-optimizer: AdamW's moments restart from zero")
+    tr.scheduler.load_state_dict(state["scheduler"])
+    batches.load_state_dict(state["data"])
+    if len(state["rng"]) == world:
+        checkpoint.set_rng_state(state["rng"][rank])
+    return state["step"]
+
+
+def train_step(tr: Trainer, batch: Batch, adv: torch.Tensor, ref, sampler, model, cfg: Config,
+               pad_id: int) -> dict:
+    """Steps 7-9 on this rank's kept rows, then the sampler takes the new weights. {} (no update)
+    when the step kept no prompt: then no rank has rows, and no rank calls a collective here."""
+    if not batch.kept:
+        return {}
+    # the shared-prefix attention stays selected through backward: checkpointing recomputes
+    with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
+        m = update(tr, batch.mine, adv[batch.my_pos], ref, cfg, pad_id)
+    sync_sampler(sampler, model)
+    return m
+
+
+def save_step(step: int, cfg: Config, tr: Trainer, model, tok, batches, rank: int):
+    """A checkpoint (checkpoint.save_checkpoint on rank 0). Collective: every rank gathers its random
+    state, and under fsdp the weights to rank 0 and its own AdamW shards to disk."""
+    out_dir = Path(cfg.out_dir)
+    rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
+    weights = policy.full_state_dict(model, rank)  # fsdp: gathered to rank 0; ddp: None
+    optim_dir = (checkpoint.save_sharded_optimizer(out_dir, step, tr.net, tr.optimizer, rank)
+                 if sharded(cfg) and cfg.save_optimizer else None)  # fsdp: every rank its shards
+    if rank == 0:
+        whole = tr.optimizer if cfg.save_optimizer and not sharded(cfg) else None
+        checkpoint.save_checkpoint(out_dir, step, model, tok, whole, tr.scheduler, batches,
+                                   cfg.keep_last, rngs, weights, optim_dir)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def finish_run(cfg: Config, start: int, seconds: float, log):
+    """Rank 0, after the last step: the plot (--plot) and the end-of-run summary."""
+    out_dir = Path(cfg.out_dir)
+    if cfg.plot:
+        checkpoint.plot_rewards(out_dir)
+    lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl")]
+    log(run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], seconds, out_dir, cfg.plot))
+
+
+# -----------------------------------------------------------------------------
 # The main loop
 
 def main(argv=None):
@@ -1088,59 +1197,20 @@ def main(argv=None):
     ckpt = weights_to_load(cfg, out_dir, log)
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
     train_set, eval_set = load_data(cfg, tok)
-    dropped = 0
+    dropped = 0  # training prompts too long for --max-prompt-tokens, dropped at load
     if not cfg.eval_only:
         train_set, dropped = usable_prompts(train_set, tok, cfg, rank, world, log)
     log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
         f"tasks: {sorted({s.task for s in train_set or eval_set})}")
     eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
                                                 truncate=cfg.truncate_prompts)
-
-    def run_eval(step, weights=None):
-        m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
-        log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
-        if rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / "evals.jsonl", "a") as f:
-                f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m}))
-        return m
-
-    if cfg.eval_only:  # no training batches, optimizer or DDP needed
-        if not eval_set:
-            sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
-        log(eval_table(run_eval(checkpoint_step(ckpt), str(ckpt or cfg.model or policy.embedded_model_dir()))))
-        return model
-    try:
-        batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
-                                     cfg.seed, balanced=cfg.task_balanced)
-    except ValueError as e:  # too few usable prompts for one generation batch
-        print(f"error: {len(train_set)} usable training prompts: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    if cfg.eval_only:
+        return eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log)
+    batches = prompt_batches(train_set, cfg, rank, world)
     tr = make_trainer(model, cfg, world, device, log)
-    if sharded(cfg):  # memory_estimate is ddp's; fsdp's states are sharded (policy.gb_per_gpu)
-        gb = policy.gb_per_gpu(sum(p.numel() for p in model.parameters()), "fsdp", world, accumulate=True)
-        log("memory per GPU under fsdp (GB, before activations and rollout KV): " +
-            ", ".join(f"{k} {v:.1f}" for k, v in gb.items()))
-    else:
-        log_memory_estimate(model, cfg, world, device, log)
-
-    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True) if ckpt else None
-    start = state["step"] if state else 0
-    if state:
-        if "optimizer" in state and sharded(cfg):  # indexed whole tensors; fsdp holds named shards
-            log(f"{ckpt} is a ddp checkpoint, resumed under --shard fsdp: the weights, schedule, data "
-                "order and random state continue; AdamW's moments restart from zero")
-        elif "optimizer" in state:
-            tr.optimizer.load_state_dict(state["optimizer"])
-        elif (ckpt / "optimizer").is_dir():  # an fsdp checkpoint's AdamW shards (any --shard reads them)
-            checkpoint.load_sharded_optimizer(ckpt / "optimizer", tr.net, tr.optimizer)
-        else:
-            log(f"{ckpt} was saved with --no-save-optimizer: AdamW's moments restart from zero")
-        tr.scheduler.load_state_dict(state["scheduler"])
-        batches.load_state_dict(state["data"])
-        if len(state["rng"]) == world:
-            checkpoint.set_rng_state(state["rng"][rank])
-    metrics_path = out_dir / "metrics.jsonl"
+    log_memory(model, cfg, world, device, log)
+    start = resume_state(ckpt, tr, batches, cfg, rank, world, log)
+    metrics_path, names = out_dir / "metrics.jsonl", task_order({s.task for s in train_set})
     if rank == 0:  # keep only the steps the checkpoint had seen; damaged lines set aside, never lost
         checkpoint.resume_metrics(metrics_path, start, log)
 
@@ -1153,46 +1223,30 @@ def main(argv=None):
         lr = tr.scheduler.get_last_lr()[0]
         batch = collect_batch(step, cfg, batches, sampler, tok, eos_ids, rank, device)    # steps 1-5
         adv = advantages(batch.kept, cfg)                                                 # step 6
-        m = {"step": step, "lr": lr, "dropped_too_long": dropped,  # at load, before step 1
+        m = {"step": step, "lr": lr, "dropped_too_long": dropped,
              "generated_prompts": len({x.group for x in batch.generated}),
              **step_metrics(batch.generated, batch.kept, adv, cfg)}
         t_update = time.perf_counter()
-        if batch.kept:
-            # the shared-prefix attention stays selected through backward: checkpointing recomputes
-            with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
-                m.update(update(tr, batch.mine, adv[batch.my_pos], ref, cfg, tok.pad_token_id))  # 7-9
-            sync_sampler(sampler, model)
-        else:
+        m.update(train_step(tr, batch, adv, ref, sampler, model, cfg, tok.pad_token_id))  # steps 7-9
+        if not batch.kept:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
                 "(no learning signal); no update this step")
         m.update(speed_metrics(batch, batch.mine, time.perf_counter() - t_update, device))
         m["step_s"] = time.perf_counter() - t_step
         if cfg.eval_every and step % cfg.eval_every == 0:
-            m.update(run_eval(step))
+            m.update(evaluate_and_log(step, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log))
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
-            log_step(bar, m, task_order({s.task for s in train_set}))
+            log_step(bar, m, names)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-            rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
-            weights = policy.full_state_dict(model, rank)  # fsdp: gathered to rank 0; ddp: None
-            optim_dir = (checkpoint.save_sharded_optimizer(out_dir, step, tr.net, tr.optimizer, rank)
-                         if sharded(cfg) and cfg.save_optimizer else None)  # fsdp: every rank its shards
-            if rank == 0:
-                whole = tr.optimizer if cfg.save_optimizer and not sharded(cfg) else None
-                checkpoint.save_checkpoint(out_dir, step, model, tok, whole, tr.scheduler, batches,
-                                           cfg.keep_last, rngs, weights, optim_dir)
-            if dist.is_initialized():
-                dist.barrier()
+            save_step(step, cfg, tr, model, tok, batches, rank)
     if rank == 0:
-        if cfg.plot:
-            checkpoint.plot_rewards(out_dir)
-        lines = [json.loads(l) for l in open(metrics_path)]
-        log(run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], time.perf_counter() - t_start,
-                        out_dir, cfg.plot))
+        finish_run(cfg, start, time.perf_counter() - t_start, log)
     if dist.is_initialized():
         dist.destroy_process_group()
     return model
+
 
 if __name__ == "__main__":
     main()
