@@ -773,138 +773,6 @@ def speed_metrics(batch: Batch, rows: Rows, update_s: float, device) -> dict:
                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30}
 
 
-def log_step(bar, m: dict, names: list):
-    """One line per step on rank 0 (step_line below), and the progress bar's postfix."""
-    bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
-    bar.write(step_line(m, names))
-
-
-# -----------------------------------------------------------------------------
-# What the user reads: the config, one line per step, the evaluation table, the end-of-run summary
-
-# Short labels of the nine tasks in the step line (the README lists them); metrics.jsonl keeps full names.
-TASK_LABELS = {"precise_retrieval": "ret", "comprehension": "mcq", "exhaustive_retrieval": "exh",
-               "numerical_reasoning": "num", "structured_extraction": "tab", "structured_matching": "match",
-               "graded_ranking": "rank", "sequence_ordering": "order", "summarization": "summ"}
-
-
-def task_order(names) -> list:
-    """Task names in the README's order (data.TASK_NAMES), any other name after them."""
-    known = [t for t in data.TASK_NAMES if t in names]
-    return known + sorted(set(names) - set(known))
-
-
-def config_text(cfg: Config, saved_to) -> str:
-    """The fields that differ from the defaults as aligned `key = value` lines, and where all are."""
-    default = Config()
-    diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(default, k)}
-    where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
-    if not diff:
-        return f"config: the defaults ({where})"
-    w = max(map(len, diff))
-    return f"config, fields not at their default ({where}):\n" + "\n".join(
-        f"  {k:<{w}} = {v!r}" for k, v in diff.items())
-
-
-def step_line(m: dict, names: list) -> str:
-    """One line per training step: reward overall and per task ("-": not in this step's batch)."""
-    per = " ".join(f"{TASK_LABELS.get(t, t)} " + (f"{m[f'reward/{t}/mean']:.2f}" if f"reward/{t}/mean" in m else "-")
-                   for t in names)
-    return (f"step {m['step']}: reward {m['reward/all/mean']:.3f} | {per} | kept {m['kept_prompts']}"
-            f" | clipfrac {m.get('pg_clipfrac', 0):.3f} | rollout {m.get('rollout_s', 0):.1f}s"
-            f" update {m['update_s']:.1f}s")
-
-
-def eval_table(m: dict) -> str:
-    """Evaluation result per task as a small table (prompts scored, mean score)."""
-    names = task_order([k.split("/")[1] for k in m if k.startswith("eval_n/")])
-    rows = [(t, m[f"eval_n/{t}"], m[f"eval/{t}"]) for t in names]
-    rows.append(("mean over tasks", sum(r[1] for r in rows), m["eval/mean"]))
-    w = max(len(r[0]) for r in rows)
-    return "\n".join([f"  {'task':<{w}}  prompts  score"] +
-                     [f"  {t:<{w}}  {n:>7}  {v:.3f}" for t, n, v in rows])
-
-
-def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
-    """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
-    (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
-    leaves most tasks out of most steps), and where the metrics, the checkpoint and the plot are."""
-    if not lines:
-        return "no training step ran"
-    span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
-    avg = lambda pts: f"{sum(v for _, v in pts) / len(pts):.3f} (step{'s' * (len(pts) > 1)} {span(pts)})"
-    curves = checkpoint.reward_curves(lines)                  # {task: [(step, mean reward), ...]}
-    rows = []
-    for t in task_order(set(curves) - {"all"}) + ["all"]:
-        pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
-        rows.append((t, f"{avg(pts[:k])} -> {avg(pts[-k:])}" if pts else "-"))
-    w = max(len(t) for t, _ in rows)
-    ckpt = checkpoint.latest_checkpoint(out_dir)
-    size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
-    return "\n".join(
-        [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
-         "  mean reward per task, its first -> its last (up to 5) steps:"] +
-        [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
-        [f"  metrics:    {out_dir / 'metrics.jsonl'}",
-         f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
-         f"  plot:       {out_dir / 'rewards.png'}" if plotted else
-         f"  plot:       python train.py --plot --out-dir {out_dir}   (needs matplotlib)"])
-
-
-# -----------------------------------------------------------------------------
-# The run folder: what this command does with it
-
-def plot_only(cfg: Config, out_dir: Path) -> bool:
-    """--plot on a folder that holds a run, with neither --resume nor --overwrite: draw it, train nothing."""
-    return cfg.plot and not (cfg.resume or cfg.overwrite or cfg.eval_only) and bool(checkpoint.holds_run(out_dir))
-
-
-def prepare_run_dir(cfg: Config, out_dir: Path, rank: int, log) -> Path | None:
-    """Before the model loads: refuse a folder holding a run (exit 2) unless --resume/--overwrite,
-    clear it on --overwrite, write the full config to out_dir/config.json. Returns that path; None
-    for --eval-only, which only adds to evals.jsonl."""
-    if cfg.eval_only:
-        return None
-    checkpoint.check_run_dir(out_dir, cfg.resume, cfg.overwrite)
-    path = out_dir / "config.json"
-    if rank == 0:
-        if cfg.overwrite and (gone := checkpoint.clear_run_dir(out_dir)):
-            log(f"--overwrite: deleted {', '.join(gone)} from {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
-    if dist.is_initialized():
-        dist.barrier()  # no rank looks into out_dir before rank 0 has cleared it
-    return path
-
-
-def weights_to_load(cfg: Config, out_dir: Path, log):
-    """The checkpoint folder to start from (--resume) or to evaluate (--eval-only: --checkpoint, else
-    out_dir's newest), or None for the base model."""
-    if cfg.checkpoint:
-        if not (Path(cfg.checkpoint) / "config.json").exists():
-            sys.exit(f"--checkpoint {cfg.checkpoint}: not a model folder (no config.json there)")
-        return Path(cfg.checkpoint)
-    if not (cfg.resume or cfg.eval_only):
-        return None
-    ckpt = checkpoint.latest_checkpoint(out_dir, log)  # damaged ones skipped, and said
-    if ckpt:
-        log(f"{'evaluating' if cfg.eval_only else 'resuming from'} {ckpt}")
-    elif cfg.eval_only:
-        log(f"--eval-only: no checkpoint in {out_dir}; evaluating the base model {cfg.model or 'SmolLM2-135M'}")
-    else:
-        log(f"--resume: no intact checkpoint in {out_dir}; fresh start")
-    return ckpt
-
-
-def checkpoint_step(ckpt) -> int | None:
-    """The training step of a checkpoint folder from its name (step_000012 -> 12); 0 for the base
-    model (None); None for a folder not named by save_checkpoint."""
-    if ckpt is None:
-        return 0
-    name = Path(ckpt).name
-    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
-
-
 # -----------------------------------------------------------------------------
 # Setup: data, model, optimizer
 
@@ -1001,54 +869,6 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
     return tok, model, sampler, ref, eos_ids
 
 
-def wave_kv_positions(cfg: Config, world: int) -> int:
-    """KV positions (per layer) of the largest generation wave: rollout.wave_kv_tokens of the
-    longest allowed prompt with its G x max_new rows, or the whole budget if that is larger; with no
-    budget (0) all of a rank's prompts of a round share one wave."""
-    one = cfg.max_prompt_tokens + cfg.group_size * cfg.max_new_tokens
-    if cfg.kv_budget_tokens:
-        return max(cfg.kv_budget_tokens, one)
-    return max((cfg.gen_prompts or cfg.prompts_per_step) // world, 1) * one
-
-
-def memory_estimate(n_params: int, config, kv_positions: int, sampler: bool = True,
-                    bucket_view: bool = True) -> dict:
-    """Bytes per GPU under DDP for a model of n_params parameters (issue 9), before activations:
-
-        weights fp32 4N + gradients fp32 4N + AdamW exp_avg, exp_avg_sq 8N        = 16N
-        + DDP's gradient buckets 4N unless gradient_as_bucket_view (then they *are* the gradients)
-        + bf16 sampler copy 2N (CUDA)
-        + rollout KV, bf16: 2 (K and V) x layers x kv_heads x head_dim x 2 bytes x kv_positions
-
-    config: the model's HF config (num_hidden_layers, num_key_value_heads, head_dim).
-    kv_positions: KV positions of the largest generation wave (wave_kv_positions).
-    """
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
-    m = {"weights": 4 * n_params, "grads": 4 * n_params, "adamw": 8 * n_params,
-         "ddp_buckets": 0 if bucket_view else 4 * n_params, "sampler": 2 * n_params if sampler else 0,
-         "rollout_kv": kv_per_token * kv_positions}
-    m["total"] = sum(m.values())
-    return m
-
-
-def log_memory_estimate(model, cfg: Config, world: int, device, log):
-    """Print the estimate at start-up on CUDA, against the GPU's memory: a run that cannot fit is
-    visible before any GPU time is spent."""
-    if device.type != "cuda":
-        return
-    kv = wave_kv_positions(cfg, world)
-    m = memory_estimate(sum(p.numel() for p in model.parameters()), model.config, kv)
-    have = torch.cuda.get_device_properties(device).total_memory
-    gib = lambda b: f"{b / 2**30:.1f}"
-    log(f"memory estimate per GPU (GiB, activations not included): weights {gib(m['weights'])} + grads "
-        f"{gib(m['grads'])} + AdamW {gib(m['adamw'])} + bf16 sampler {gib(m['sampler'])} + rollout KV "
-        f"{gib(m['rollout_kv'])} ({kv:,} positions per wave) = {gib(m['total'])} of {gib(have)}")
-    if m["total"] > have:
-        log("warning: this does not fit on one GPU under DDP; lower --kv-budget-tokens, --max-new-tokens, "
-            "--group-size or --max-prompt-tokens, or use a smaller model (README: Memory)")
-
-
 def sharded(cfg: Config) -> bool:
     """--shard fsdp over more than one process (one process has nothing to shard)."""
     return cfg.shard == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1
@@ -1088,9 +908,9 @@ def eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg: Config, eos_id
     if not eval_set:
         sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
     weights = str(ckpt or cfg.model or policy.embedded_model_dir())
-    m = evaluate_and_log(checkpoint_step(ckpt), sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world,
+    m = evaluate_and_log(checkpoint.checkpoint_step(ckpt), sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world,
                          log, weights)
-    log(eval_table(m))
+    log(checkpoint.eval_table(m))
     return model
 
 
@@ -1106,12 +926,12 @@ def prompt_batches(train_set: list, cfg: Config, rank: int, world: int) -> data.
 
 def log_memory(model, cfg: Config, world: int, device, log):
     """The start-up memory line: ddp's estimate against the GPU (CUDA only), or fsdp's per-GPU share."""
-    if sharded(cfg):  # memory_estimate is ddp's; fsdp's states are sharded (policy.gb_per_gpu)
+    if sharded(cfg):  # fsdp's states are sharded: its share per GPU (policy.gb_per_gpu)
         gb = policy.gb_per_gpu(sum(p.numel() for p in model.parameters()), "fsdp", world, accumulate=True)
         log("memory per GPU under fsdp (GB, before activations and rollout KV): " +
             ", ".join(f"{k} {v:.1f}" for k, v in gb.items()))
     else:
-        log_memory_estimate(model, cfg, world, device, log)
+        policy.log_memory_estimate(model, cfg, world, device, log)
 
 
 def resume_state(ckpt, tr: Trainer, batches, cfg: Config, rank: int, world: int, log) -> int:
@@ -1171,7 +991,7 @@ def finish_run(cfg: Config, start: int, seconds: float, log):
     if cfg.plot:
         checkpoint.plot_rewards(out_dir)
     lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl")]
-    log(run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], seconds, out_dir, cfg.plot))
+    log(checkpoint.run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], seconds, out_dir, cfg.plot))
 
 
 # -----------------------------------------------------------------------------
@@ -1183,18 +1003,19 @@ def main(argv=None):
     rank, world, device = setup_distributed()
     log = print if rank == 0 else (lambda *a, **k: None)
     out_dir, t_start = Path(cfg.out_dir), time.perf_counter()
-    if plot_only(cfg, out_dir):
+    if checkpoint.plot_only(cfg, out_dir):
         log(f"--plot: {out_dir} holds a run; drawing it, no training (--resume or --overwrite to train)")
         if rank == 0:
             checkpoint.plot_rewards(out_dir)
         return None
     if cfg.plot:
         checkpoint.require_matplotlib()  # now, not after the training
-    log(config_text(cfg, prepare_run_dir(cfg, out_dir, rank, log)))
+    saved_to = checkpoint.prepare_run_dir(cfg, out_dir, rank, log)
+    log(checkpoint.config_text(cfg, Config(), saved_to))
     torch.manual_seed(cfg.seed + rank)  # sampling seeds below are explicit; this covers the rest
     random.seed(cfg.seed + rank)
 
-    ckpt = weights_to_load(cfg, out_dir, log)
+    ckpt = checkpoint.weights_to_load(cfg, out_dir, log)
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
     train_set, eval_set = load_data(cfg, tok)
     dropped = 0  # training prompts too long for --max-prompt-tokens, dropped at load
@@ -1210,7 +1031,7 @@ def main(argv=None):
     tr = make_trainer(model, cfg, world, device, log)
     log_memory(model, cfg, world, device, log)
     start = resume_state(ckpt, tr, batches, cfg, rank, world, log)
-    metrics_path, names = out_dir / "metrics.jsonl", task_order({s.task for s in train_set})
+    metrics_path, names = out_dir / "metrics.jsonl", checkpoint.task_order({s.task for s in train_set})
     if rank == 0:  # keep only the steps the checkpoint had seen; damaged lines set aside, never lost
         checkpoint.resume_metrics(metrics_path, start, log)
 
@@ -1238,7 +1059,7 @@ def main(argv=None):
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
-            log_step(bar, m, names)
+            checkpoint.log_step(bar, m, names)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
             save_step(step, cfg, tr, model, tok, batches, rank)
     if rank == 0:
