@@ -836,6 +836,20 @@ def usable_prompts(samples: list, tok, cfg: Config, rank: int, world: int, log) 
     return kept, dropped
 
 
+def prepare_data(cfg: Config, tok, rank: int, world: int, log) -> tuple[list, int, list, list]:
+    """(training samples that fit, how many were too long, evaluation samples, their prompt ids):
+    load_data, then usable_prompts (training only), then the evaluation prompts encoded once."""
+    train_set, eval_set = load_data(cfg, tok)
+    dropped = 0  # training prompts too long for --max-prompt-tokens, dropped at load
+    if not cfg.eval_only:
+        train_set, dropped = usable_prompts(train_set, tok, cfg, rank, world, log)
+    log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
+        f"tasks: {sorted({s.task for s in train_set or eval_set})}")
+    eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
+                                                truncate=cfg.truncate_prompts)
+    return train_set, dropped, eval_set, eval_ids
+
+
 def load_policy(cfg: Config, ckpt, rank: int, device, log):
     """(tokenizer, trainer model, sampler, frozen reference or None, EOS ids). Rank 0 converts the
     embedded default once, the others wait."""
@@ -1017,14 +1031,7 @@ def main(argv=None):
 
     ckpt = checkpoint.weights_to_load(cfg, out_dir, log)
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
-    train_set, eval_set = load_data(cfg, tok)
-    dropped = 0  # training prompts too long for --max-prompt-tokens, dropped at load
-    if not cfg.eval_only:
-        train_set, dropped = usable_prompts(train_set, tok, cfg, rank, world, log)
-    log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
-        f"tasks: {sorted({s.task for s in train_set or eval_set})}")
-    eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
-                                                truncate=cfg.truncate_prompts)
+    train_set, dropped, eval_set, eval_ids = prepare_data(cfg, tok, rank, world, log)
     if cfg.eval_only:
         return eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log)
     batches = prompt_batches(train_set, cfg, rank, world)
