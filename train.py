@@ -412,13 +412,13 @@ def pick_groups(all_rows: list, need: int, filtering: bool) -> list:
     GPUs of an 8-rank step idle in a dummy backward (issue 9: kept rows [624, 624, 400, 400, 0, 0, 0, 0]).
     """
     usable = []  # per rank: the row indices of each usable prompt, in the rank's order
-    for groups, rewards_ in all_rows:
+    for groups, scores in all_rows:
         by_group: dict = {}
         for i, g in enumerate(groups):
             by_group.setdefault(g, []).append(i)
         # zero variance: no learning signal, only noise in the statistics
         usable.append([idx for idx in by_group.values()
-                       if not (filtering and max(rewards_[i] for i in idx) == min(rewards_[i] for i in idx))])
+                       if not (filtering and max(scores[i] for i in idx) == min(scores[i] for i in idx))])
     keep = [[] for _ in all_rows]
     for j in range(max((len(u) for u in usable), default=0)):   # j-th usable prompt of every rank
         for r, u in enumerate(usable):
