@@ -1,21 +1,25 @@
 """The run folder: checkpoints (a Hugging Face folder + trainer state, written atomically and
 verified before a resume takes one, the last K kept), the random generators they restore,
 metrics.jsonl (strict JSON lines, trimmed safely on resume), the guard against starting over a
-finished run, and the reward plot drawn from metrics.jsonl.
+finished run, the reward plot drawn from metrics.jsonl, and what the user reads: the config at
+start, one line per step, the evaluation table and the end-of-run summary (train.py prints them).
 
     import checkpoint
     ckpt = checkpoint.latest_checkpoint(Path("runs/default"))   # newest intact one, or None
     checkpoint.resume_metrics(Path("runs/default/metrics.jsonl"), step=12)   # keep steps 1..12
     checkpoint.plot_rewards(Path("runs/default"))               # rewards.png (needs matplotlib)
+    print(checkpoint.run_summary(lines, seconds, Path("runs/default"), plotted=False))
 
 A run folder holds: config.json (the full training config), metrics.jsonl (one line per step),
 evals.jsonl (one line per evaluation), checkpoints/step_NNNNNN/ and rewards.png.
 
-No collectives here except in the last section (the sharded optimizer state of --shard fsdp, which
-every rank writes and reads): train.py gathers what every rank must contribute and calls the rest on
-rank 0.
+No collectives here except prepare_run_dir's barrier and the last section (the sharded optimizer
+state of --shard fsdp, which every rank writes and reads): train.py gathers what every rank must
+contribute and calls the rest on rank 0. This file does not import train.py: functions that read the
+config take it as an argument (cfg: a train.Config, read by field name).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -26,6 +30,8 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+import data
 
 
 # -----------------------------------------------------------------------------
@@ -335,6 +341,140 @@ def plot_rewards(out_dir: Path):
     plt.close(fig)
     print(f"wrote {out_dir / 'rewards.png'}")
     return fig
+
+
+# -----------------------------------------------------------------------------
+# What the user reads: the config, one line per step, the evaluation table, the end-of-run summary
+# (train.py prints them on rank 0)
+
+# Short labels of the nine tasks in the step line (the README lists them); metrics.jsonl keeps full names.
+TASK_LABELS = {"precise_retrieval": "ret", "comprehension": "mcq", "exhaustive_retrieval": "exh",
+               "numerical_reasoning": "num", "structured_extraction": "tab", "structured_matching": "match",
+               "graded_ranking": "rank", "sequence_ordering": "order", "summarization": "summ"}
+
+
+def task_order(names) -> list:
+    """Task names in the README's order (data.TASK_NAMES), any other name after them."""
+    known = [t for t in data.TASK_NAMES if t in names]
+    return known + sorted(set(names) - set(known))
+
+
+def config_text(cfg, defaults, saved_to) -> str:
+    """The fields that differ from the defaults as aligned `key = value` lines, and where all are.
+    cfg, defaults: the run's train.Config and Config() (passed in: this file does not import train)."""
+    diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(defaults, k)}
+    where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
+    if not diff:
+        return f"config: the defaults ({where})"
+    w = max(map(len, diff))
+    return f"config, fields not at their default ({where}):\n" + "\n".join(
+        f"  {k:<{w}} = {v!r}" for k, v in diff.items())
+
+
+def step_line(m: dict, names: list) -> str:
+    """One line per training step: reward overall and per task ("-": not in this step's batch)."""
+    per = " ".join(f"{TASK_LABELS.get(t, t)} " + (f"{m[f'reward/{t}/mean']:.2f}" if f"reward/{t}/mean" in m else "-")
+                   for t in names)
+    return (f"step {m['step']}: reward {m['reward/all/mean']:.3f} | {per} | kept {m['kept_prompts']}"
+            f" | clipfrac {m.get('pg_clipfrac', 0):.3f} | rollout {m.get('rollout_s', 0):.1f}s"
+            f" update {m['update_s']:.1f}s")
+
+
+def log_step(bar, m: dict, names: list):
+    """One line per step on rank 0 (step_line above), and the progress bar's postfix."""
+    bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
+    bar.write(step_line(m, names))
+
+
+def eval_table(m: dict) -> str:
+    """Evaluation result per task as a small table (prompts scored, mean score)."""
+    names = task_order([k.split("/")[1] for k in m if k.startswith("eval_n/")])
+    rows = [(t, m[f"eval_n/{t}"], m[f"eval/{t}"]) for t in names]
+    rows.append(("mean over tasks", sum(r[1] for r in rows), m["eval/mean"]))
+    w = max(len(r[0]) for r in rows)
+    return "\n".join([f"  {'task':<{w}}  prompts  score"] +
+                     [f"  {t:<{w}}  {n:>7}  {v:.3f}" for t, n, v in rows])
+
+
+def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
+    """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
+    (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
+    leaves most tasks out of most steps), and where the metrics, the checkpoint and the plot are."""
+    if not lines:
+        return "no training step ran"
+    span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
+    avg = lambda pts: f"{sum(v for _, v in pts) / len(pts):.3f} (step{'s' * (len(pts) > 1)} {span(pts)})"
+    curves = reward_curves(lines)                  # {task: [(step, mean reward), ...]}
+    rows = []
+    for t in task_order(set(curves) - {"all"}) + ["all"]:
+        pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
+        rows.append((t, f"{avg(pts[:k])} -> {avg(pts[-k:])}" if pts else "-"))
+    w = max(len(t) for t, _ in rows)
+    ckpt = latest_checkpoint(out_dir)
+    size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
+    return "\n".join(
+        [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
+         "  mean reward per task, its first -> its last (up to 5) steps:"] +
+        [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
+        [f"  metrics:    {out_dir / 'metrics.jsonl'}",
+         f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
+         f"  plot:       {out_dir / 'rewards.png'}" if plotted else
+         f"  plot:       python train.py --plot --out-dir {out_dir}   (needs matplotlib)"])
+
+
+# -----------------------------------------------------------------------------
+# The run folder: what this command does with it (cfg: train.Config, read by field name)
+
+def plot_only(cfg, out_dir: Path) -> bool:
+    """--plot on a folder that holds a run, with neither --resume nor --overwrite: draw it, train nothing."""
+    return cfg.plot and not (cfg.resume or cfg.overwrite or cfg.eval_only) and bool(holds_run(out_dir))
+
+
+def prepare_run_dir(cfg, out_dir: Path, rank: int, log) -> Path | None:
+    """Before the model loads: refuse a folder holding a run (exit 2) unless --resume/--overwrite,
+    clear it on --overwrite, write the full config to out_dir/config.json. Returns that path; None
+    for --eval-only, which only adds to evals.jsonl."""
+    if cfg.eval_only:
+        return None
+    check_run_dir(out_dir, cfg.resume, cfg.overwrite)
+    path = out_dir / "config.json"
+    if rank == 0:
+        if cfg.overwrite and (gone := clear_run_dir(out_dir)):
+            log(f"--overwrite: deleted {', '.join(gone)} from {out_dir}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.barrier()  # no rank looks into out_dir before rank 0 has cleared it
+    return path
+
+
+def weights_to_load(cfg, out_dir: Path, log):
+    """The checkpoint folder to start from (--resume) or to evaluate (--eval-only: --checkpoint, else
+    out_dir's newest), or None for the base model."""
+    if cfg.checkpoint:
+        if not (Path(cfg.checkpoint) / "config.json").exists():
+            sys.exit(f"--checkpoint {cfg.checkpoint}: not a model folder (no config.json there)")
+        return Path(cfg.checkpoint)
+    if not (cfg.resume or cfg.eval_only):
+        return None
+    ckpt = latest_checkpoint(out_dir, log)  # damaged ones skipped, and said
+    if ckpt:
+        log(f"{'evaluating' if cfg.eval_only else 'resuming from'} {ckpt}")
+    elif cfg.eval_only:
+        log(f"--eval-only: no checkpoint in {out_dir}; evaluating the base model {cfg.model or 'SmolLM2-135M'}")
+    else:
+        log(f"--resume: no intact checkpoint in {out_dir}; fresh start")
+    return ckpt
+
+
+def checkpoint_step(ckpt) -> int | None:
+    """The training step of a checkpoint folder from its name (step_000012 -> 12); 0 for the base
+    model (None); None for a folder not named by save_checkpoint."""
+    if ckpt is None:
+        return 0
+    name = Path(ckpt).name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
 
 
 # -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The policy model: loading it (the embedded default, a hub id or a local folder), its bf16 sampler
 copy, the ids that end a turn, and the training forward that turns token ids into the log-probs of
-the response tokens: per row (the reference) or with each prompt shared by its group (issue 10).
+the response tokens: per row (the reference) or with each prompt shared by its group (issue 10); its
+DDP / FSDP2 wrapping (issue 11) and the memory it needs per GPU, by arithmetic (memory_estimate).
 
     import policy
     lm = policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu"))
@@ -12,6 +13,7 @@ the response tokens: per row (the reference) or with each prompt shared by its g
     python -m pytest -q test_policy.py       # shared == per-row: log-probs, gradients, split groups
     python bench.py --only prefix            # forward+backward time and memory, per-row vs shared
     python policy.py                         # per-GPU memory, ddp vs fsdp (README, FSDP2 section)
+    policy.memory_estimate(n_params, lm.config, kv_positions)   # bytes per GPU (train.py logs it on CUDA)
 
 train.py and tasks.py both import this file, so the two agree on the model and on where a
 response ends (issue 13: no import cycle, one set of EOS ids).
@@ -578,7 +580,8 @@ def local_state_bytes(model: nn.Module, optimizer) -> int:
     return total
 
 
-# Memory per GPU, by arithmetic (README "Scaling past one GPU: FSDP2"; `python policy.py` prints it)
+# Memory per GPU, by arithmetic: one formula, memory_estimate (README "Memory" and "Scaling past one GPU:
+# FSDP2"; train.py prints it at start-up, `python policy.py` prints the FSDP2 table)
 QWEN3 = {  # hidden, layers, heads, kv heads, MLP width, tied embedding (Qwen3 config.json files)
     "Qwen3-0.6B": (1024, 28, 16, 8, 3072, True), "Qwen3-1.7B": (2048, 28, 16, 8, 6144, True),
     "Qwen3-4B": (2560, 36, 32, 8, 9728, True), "Qwen3-8B": (4096, 36, 32, 8, 12288, False),
@@ -595,16 +598,68 @@ def qwen3_params(name: str) -> int:
         return sum(p.numel() for p in Qwen3ForCausalLM(cfg).parameters())
 
 
-def gb_per_gpu(params: int, shard: str, world: int, accumulate: bool) -> dict:
-    """GB (1e9 bytes) per GPU before activations and the rollout KV cache, P = params, N = world:
-    float32 weights + grads + AdamW's two moments 16P (ddp) or 16P/N (fsdp), the bf16 sampler 2P,
-    and under fsdp with several micro-batches per optimizer step (one reduce-scatter per step,
-    grad_sync) the unsharded float32 gradients held between micro-batches, 4P."""
-    states = 16 * params / (world if shard == "fsdp" else 1)
-    acc = 4 * params if shard == "fsdp" and accumulate and world > 1 else 0
-    return {"states": states / 1e9, "sampler": 2 * params / 1e9, "accumulation": acc / 1e9,
-            "total": (states + 2 * params + acc) / 1e9}
+def wave_kv_positions(cfg, world: int) -> int:
+    """KV positions (per layer) of the largest generation wave: rollout.wave_kv_tokens of the
+    longest allowed prompt with its G x max_new rows, or the whole budget if that is larger; with no
+    budget (0) all of a rank's prompts of a round share one wave. cfg: train.Config."""
+    one = cfg.max_prompt_tokens + cfg.group_size * cfg.max_new_tokens
+    if cfg.kv_budget_tokens:
+        return max(cfg.kv_budget_tokens, one)
+    return max((cfg.gen_prompts or cfg.prompts_per_step) // world, 1) * one
 
+
+def memory_estimate(n_params: int, config=None, kv_positions: int = 0, sampler: bool = True,
+                    bucket_view: bool = True, shard: str = "ddp", world: int = 1,
+                    accumulate: bool = False) -> dict:
+    """Bytes per GPU for a model of n_params = N parameters (issues 9 and 11), before activations:
+
+        weights fp32 4N + gradients fp32 4N + AdamW exp_avg, exp_avg_sq 8N   = 16N (ddp), 16N/world (fsdp)
+        + DDP's gradient buckets 4N unless gradient_as_bucket_view (then they *are* the gradients)
+        + fsdp with several micro-batches per optimizer step (one reduce-scatter per step, grad_sync):
+          the unsharded float32 gradients held between micro-batches, 4N
+        + bf16 sampler copy 2N (CUDA)
+        + rollout KV, bf16: 2 (K and V) x layers x kv_heads x head_dim x 2 bytes x kv_positions
+
+    config: the model's HF config (num_hidden_layers, num_key_value_heads, head_dim); None = no KV.
+    kv_positions: KV positions of the largest generation wave (wave_kv_positions).
+    """
+    share = (lambda b: b / world) if shard == "fsdp" else (lambda b: b)
+    kv_per_token = 0
+    if config is not None:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
+    m = {"weights": share(4 * n_params), "grads": share(4 * n_params), "adamw": share(8 * n_params),
+         "ddp_buckets": 0 if bucket_view or shard == "fsdp" else 4 * n_params,
+         "accumulation": 4 * n_params if shard == "fsdp" and accumulate and world > 1 else 0,
+         "sampler": 2 * n_params if sampler else 0, "rollout_kv": kv_per_token * kv_positions}
+    m["total"] = sum(m.values())
+    return m
+
+
+def log_memory_estimate(model, cfg, world: int, device, log):
+    """Print the DDP estimate at start-up on CUDA, against the GPU's memory: a run that cannot fit is
+    visible before any GPU time is spent. cfg: train.Config."""
+    if device.type != "cuda":
+        return
+    kv = wave_kv_positions(cfg, world)
+    m = memory_estimate(sum(p.numel() for p in model.parameters()), model.config, kv)
+    have = torch.cuda.get_device_properties(device).total_memory
+    gib = lambda b: f"{b / 2**30:.1f}"
+    log(f"memory estimate per GPU (GiB, activations not included): weights {gib(m['weights'])} + grads "
+        f"{gib(m['grads'])} + AdamW {gib(m['adamw'])} + bf16 sampler {gib(m['sampler'])} + rollout KV "
+        f"{gib(m['rollout_kv'])} ({kv:,} positions per wave) = {gib(m['total'])} of {gib(have)}")
+    if m["total"] > have:
+        log("warning: this does not fit on one GPU under DDP; lower --kv-budget-tokens, --max-new-tokens, "
+            "--group-size or --max-prompt-tokens, or use a smaller model (README: Memory)")
+
+
+def gb_per_gpu(params: int, shard: str, world: int, accumulate: bool) -> dict:
+    """memory_estimate in GB (1e9 bytes) without the rollout KV cache, P = params, N = world:
+    float32 weights + grads + AdamW's two moments 16P (ddp) or 16P/N (fsdp), the bf16 sampler 2P,
+    and under fsdp with several micro-batches per optimizer step the unsharded gradients, 4P."""
+    m = memory_estimate(params, shard=shard, world=world, accumulate=accumulate)
+    return {"states": (m["weights"] + m["grads"] + m["adamw"]) / 1e9, "sampler": m["sampler"] / 1e9,
+            "accumulation": m["accumulation"] / 1e9, "total": m["total"] / 1e9}
 
 if __name__ == "__main__":
     print("| model | params | 1 GPU | ddp N=8 / 16 | fsdp N=8 | fsdp N=16 | fsdp N=8, accumulating | "

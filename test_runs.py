@@ -178,18 +178,19 @@ def test_eval_only_builds_only_the_held_out_tasks(qwen_tokenizer, monkeypatch):
 # Item 4: config, step line, summary
 
 def test_config_text_lists_changed_fields_aligned():
-    text = train.config_text(train.parse_config(["--steps", "10", "--out-dir", "runs/x"]), "runs/x/config.json")
+    text = checkpoint.config_text(train.parse_config(["--steps", "10", "--out-dir", "runs/x"]), train.Config(),
+                                 "runs/x/config.json")
     lines = text.splitlines()
     assert "runs/x/config.json" in lines[0]
     assert lines[1:] == ["  steps   = 10", "  out_dir = 'runs/x'"]
-    assert "defaults" in train.config_text(train.Config(), None)
+    assert "defaults" in checkpoint.config_text(train.Config(), train.Config(), None)
 
 
 def test_every_task_has_a_short_label_in_the_step_line_and_readme():
-    labels = train.TASK_LABELS
+    labels = checkpoint.TASK_LABELS
     assert set(labels) == set(data.TASK_NAMES) and len(set(labels.values())) == len(labels)
     m = {"step": 3, "reward/all/mean": 0.25, "reward/comprehension/mean": 0.5, "kept_prompts": 2, "update_s": 1.0}
-    line = train.step_line(m, train.task_order(data.TASK_NAMES))
+    line = checkpoint.step_line(m, checkpoint.task_order(data.TASK_NAMES))
     assert "mcq 0.50" in line and "summ -" in line  # summarization not in this step's batch
     assert all(f"{l} " in line for l in labels.values())
     readme = " ".join((ROOT / "README.md").read_text().split())  # line breaks as spaces
@@ -200,7 +201,7 @@ def test_run_summary_compares_first_and_last_steps(tmp_path):
     lines = [{"step": s, "reward/all/mean": s / 10, "reward/comprehension/mean": s / 20} for s in range(1, 11)]
     for s in (2, 4, 7):  # a task in the batch of a few steps only: its own first and last of them
         lines[s - 1]["reward/summarization/mean"] = s / 10
-    text = train.run_summary(lines, 179.6, tmp_path, plotted=False)
+    text = checkpoint.run_summary(lines, 179.6, tmp_path, plotted=False)
     assert text.startswith("done: steps 1-10 in 3 min 0 s")
     rows = {l.split()[0]: l for l in text.splitlines()[2:]}
     assert rows["all"].endswith("0.300 (steps 1-5) -> 0.800 (steps 6-10)")  # means of 0.1..0.5, 0.6..1.0

@@ -412,13 +412,13 @@ def pick_groups(all_rows: list, need: int, filtering: bool) -> list:
     GPUs of an 8-rank step idle in a dummy backward (issue 9: kept rows [624, 624, 400, 400, 0, 0, 0, 0]).
     """
     usable = []  # per rank: the row indices of each usable prompt, in the rank's order
-    for groups, rewards_ in all_rows:
+    for groups, scores in all_rows:
         by_group: dict = {}
         for i, g in enumerate(groups):
             by_group.setdefault(g, []).append(i)
         # zero variance: no learning signal, only noise in the statistics
         usable.append([idx for idx in by_group.values()
-                       if not (filtering and max(rewards_[i] for i in idx) == min(rewards_[i] for i in idx))])
+                       if not (filtering and max(scores[i] for i in idx) == min(scores[i] for i in idx))])
     keep = [[] for _ in all_rows]
     for j in range(max((len(u) for u in usable), default=0)):   # j-th usable prompt of every rank
         for r, u in enumerate(usable):
@@ -773,138 +773,6 @@ def speed_metrics(batch: Batch, rows: Rows, update_s: float, device) -> dict:
                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30}
 
 
-def log_step(bar, m: dict, names: list):
-    """One line per step on rank 0 (step_line below), and the progress bar's postfix."""
-    bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
-    bar.write(step_line(m, names))
-
-
-# -----------------------------------------------------------------------------
-# What the user reads: the config, one line per step, the evaluation table, the end-of-run summary
-
-# Short labels of the nine tasks in the step line (the README lists them); metrics.jsonl keeps full names.
-TASK_LABELS = {"precise_retrieval": "ret", "comprehension": "mcq", "exhaustive_retrieval": "exh",
-               "numerical_reasoning": "num", "structured_extraction": "tab", "structured_matching": "match",
-               "graded_ranking": "rank", "sequence_ordering": "order", "summarization": "summ"}
-
-
-def task_order(names) -> list:
-    """Task names in the README's order (data.TASK_NAMES), any other name after them."""
-    known = [t for t in data.TASK_NAMES if t in names]
-    return known + sorted(set(names) - set(known))
-
-
-def config_text(cfg: Config, saved_to) -> str:
-    """The fields that differ from the defaults as aligned `key = value` lines, and where all are."""
-    default = Config()
-    diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(default, k)}
-    where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
-    if not diff:
-        return f"config: the defaults ({where})"
-    w = max(map(len, diff))
-    return f"config, fields not at their default ({where}):\n" + "\n".join(
-        f"  {k:<{w}} = {v!r}" for k, v in diff.items())
-
-
-def step_line(m: dict, names: list) -> str:
-    """One line per training step: reward overall and per task ("-": not in this step's batch)."""
-    per = " ".join(f"{TASK_LABELS.get(t, t)} " + (f"{m[f'reward/{t}/mean']:.2f}" if f"reward/{t}/mean" in m else "-")
-                   for t in names)
-    return (f"step {m['step']}: reward {m['reward/all/mean']:.3f} | {per} | kept {m['kept_prompts']}"
-            f" | clipfrac {m.get('pg_clipfrac', 0):.3f} | rollout {m.get('rollout_s', 0):.1f}s"
-            f" update {m['update_s']:.1f}s")
-
-
-def eval_table(m: dict) -> str:
-    """Evaluation result per task as a small table (prompts scored, mean score)."""
-    names = task_order([k.split("/")[1] for k in m if k.startswith("eval_n/")])
-    rows = [(t, m[f"eval_n/{t}"], m[f"eval/{t}"]) for t in names]
-    rows.append(("mean over tasks", sum(r[1] for r in rows), m["eval/mean"]))
-    w = max(len(r[0]) for r in rows)
-    return "\n".join([f"  {'task':<{w}}  prompts  score"] +
-                     [f"  {t:<{w}}  {n:>7}  {v:.3f}" for t, n, v in rows])
-
-
-def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
-    """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
-    (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
-    leaves most tasks out of most steps), and where the metrics, the checkpoint and the plot are."""
-    if not lines:
-        return "no training step ran"
-    span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
-    avg = lambda pts: f"{sum(v for _, v in pts) / len(pts):.3f} (step{'s' * (len(pts) > 1)} {span(pts)})"
-    curves = checkpoint.reward_curves(lines)                  # {task: [(step, mean reward), ...]}
-    rows = []
-    for t in task_order(set(curves) - {"all"}) + ["all"]:
-        pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
-        rows.append((t, f"{avg(pts[:k])} -> {avg(pts[-k:])}" if pts else "-"))
-    w = max(len(t) for t, _ in rows)
-    ckpt = checkpoint.latest_checkpoint(out_dir)
-    size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
-    return "\n".join(
-        [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
-         "  mean reward per task, its first -> its last (up to 5) steps:"] +
-        [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
-        [f"  metrics:    {out_dir / 'metrics.jsonl'}",
-         f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
-         f"  plot:       {out_dir / 'rewards.png'}" if plotted else
-         f"  plot:       python train.py --plot --out-dir {out_dir}   (needs matplotlib)"])
-
-
-# -----------------------------------------------------------------------------
-# The run folder: what this command does with it
-
-def plot_only(cfg: Config, out_dir: Path) -> bool:
-    """--plot on a folder that holds a run, with neither --resume nor --overwrite: draw it, train nothing."""
-    return cfg.plot and not (cfg.resume or cfg.overwrite or cfg.eval_only) and bool(checkpoint.holds_run(out_dir))
-
-
-def prepare_run_dir(cfg: Config, out_dir: Path, rank: int, log) -> Path | None:
-    """Before the model loads: refuse a folder holding a run (exit 2) unless --resume/--overwrite,
-    clear it on --overwrite, write the full config to out_dir/config.json. Returns that path; None
-    for --eval-only, which only adds to evals.jsonl."""
-    if cfg.eval_only:
-        return None
-    checkpoint.check_run_dir(out_dir, cfg.resume, cfg.overwrite)
-    path = out_dir / "config.json"
-    if rank == 0:
-        if cfg.overwrite and (gone := checkpoint.clear_run_dir(out_dir)):
-            log(f"--overwrite: deleted {', '.join(gone)} from {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
-    if dist.is_initialized():
-        dist.barrier()  # no rank looks into out_dir before rank 0 has cleared it
-    return path
-
-
-def weights_to_load(cfg: Config, out_dir: Path, log):
-    """The checkpoint folder to start from (--resume) or to evaluate (--eval-only: --checkpoint, else
-    out_dir's newest), or None for the base model."""
-    if cfg.checkpoint:
-        if not (Path(cfg.checkpoint) / "config.json").exists():
-            sys.exit(f"--checkpoint {cfg.checkpoint}: not a model folder (no config.json there)")
-        return Path(cfg.checkpoint)
-    if not (cfg.resume or cfg.eval_only):
-        return None
-    ckpt = checkpoint.latest_checkpoint(out_dir, log)  # damaged ones skipped, and said
-    if ckpt:
-        log(f"{'evaluating' if cfg.eval_only else 'resuming from'} {ckpt}")
-    elif cfg.eval_only:
-        log(f"--eval-only: no checkpoint in {out_dir}; evaluating the base model {cfg.model or 'SmolLM2-135M'}")
-    else:
-        log(f"--resume: no intact checkpoint in {out_dir}; fresh start")
-    return ckpt
-
-
-def checkpoint_step(ckpt) -> int | None:
-    """The training step of a checkpoint folder from its name (step_000012 -> 12); 0 for the base
-    model (None); None for a folder not named by save_checkpoint."""
-    if ckpt is None:
-        return 0
-    name = Path(ckpt).name
-    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
-
-
 # -----------------------------------------------------------------------------
 # Setup: data, model, optimizer
 
@@ -968,6 +836,20 @@ def usable_prompts(samples: list, tok, cfg: Config, rank: int, world: int, log) 
     return kept, dropped
 
 
+def prepare_data(cfg: Config, tok, rank: int, world: int, log) -> tuple[list, int, list, list]:
+    """(training samples that fit, how many were too long, evaluation samples, their prompt ids):
+    load_data, then usable_prompts (training only), then the evaluation prompts encoded once."""
+    train_set, eval_set = load_data(cfg, tok)
+    dropped = 0  # training prompts too long for --max-prompt-tokens, dropped at load
+    if not cfg.eval_only:
+        train_set, dropped = usable_prompts(train_set, tok, cfg, rank, world, log)
+    log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
+        f"tasks: {sorted({s.task for s in train_set or eval_set})}")
+    eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
+                                                truncate=cfg.truncate_prompts)
+    return train_set, dropped, eval_set, eval_ids
+
+
 def load_policy(cfg: Config, ckpt, rank: int, device, log):
     """(tokenizer, trainer model, sampler, frozen reference or None, EOS ids). Rank 0 converts the
     embedded default once, the others wait."""
@@ -1001,54 +883,6 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
     return tok, model, sampler, ref, eos_ids
 
 
-def wave_kv_positions(cfg: Config, world: int) -> int:
-    """KV positions (per layer) of the largest generation wave: rollout.wave_kv_tokens of the
-    longest allowed prompt with its G x max_new rows, or the whole budget if that is larger; with no
-    budget (0) all of a rank's prompts of a round share one wave."""
-    one = cfg.max_prompt_tokens + cfg.group_size * cfg.max_new_tokens
-    if cfg.kv_budget_tokens:
-        return max(cfg.kv_budget_tokens, one)
-    return max((cfg.gen_prompts or cfg.prompts_per_step) // world, 1) * one
-
-
-def memory_estimate(n_params: int, config, kv_positions: int, sampler: bool = True,
-                    bucket_view: bool = True) -> dict:
-    """Bytes per GPU under DDP for a model of n_params parameters (issue 9), before activations:
-
-        weights fp32 4N + gradients fp32 4N + AdamW exp_avg, exp_avg_sq 8N        = 16N
-        + DDP's gradient buckets 4N unless gradient_as_bucket_view (then they *are* the gradients)
-        + bf16 sampler copy 2N (CUDA)
-        + rollout KV, bf16: 2 (K and V) x layers x kv_heads x head_dim x 2 bytes x kv_positions
-
-    config: the model's HF config (num_hidden_layers, num_key_value_heads, head_dim).
-    kv_positions: KV positions of the largest generation wave (wave_kv_positions).
-    """
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
-    m = {"weights": 4 * n_params, "grads": 4 * n_params, "adamw": 8 * n_params,
-         "ddp_buckets": 0 if bucket_view else 4 * n_params, "sampler": 2 * n_params if sampler else 0,
-         "rollout_kv": kv_per_token * kv_positions}
-    m["total"] = sum(m.values())
-    return m
-
-
-def log_memory_estimate(model, cfg: Config, world: int, device, log):
-    """Print the estimate at start-up on CUDA, against the GPU's memory: a run that cannot fit is
-    visible before any GPU time is spent."""
-    if device.type != "cuda":
-        return
-    kv = wave_kv_positions(cfg, world)
-    m = memory_estimate(sum(p.numel() for p in model.parameters()), model.config, kv)
-    have = torch.cuda.get_device_properties(device).total_memory
-    gib = lambda b: f"{b / 2**30:.1f}"
-    log(f"memory estimate per GPU (GiB, activations not included): weights {gib(m['weights'])} + grads "
-        f"{gib(m['grads'])} + AdamW {gib(m['adamw'])} + bf16 sampler {gib(m['sampler'])} + rollout KV "
-        f"{gib(m['rollout_kv'])} ({kv:,} positions per wave) = {gib(m['total'])} of {gib(have)}")
-    if m["total"] > have:
-        log("warning: this does not fit on one GPU under DDP; lower --kv-budget-tokens, --max-new-tokens, "
-            "--group-size or --max-prompt-tokens, or use a smaller model (README: Memory)")
-
-
 def sharded(cfg: Config) -> bool:
     """--shard fsdp over more than one process (one process has nothing to shard)."""
     return cfg.shard == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1
@@ -1066,6 +900,115 @@ def make_trainer(model, cfg: Config, world: int, device, log=print) -> Trainer:
 
 
 # -----------------------------------------------------------------------------
+# The pieces of main(), in the order it calls them
+
+def evaluate_and_log(step: int, sampler, tok, eval_set, eval_ids, cfg: Config, eos_ids, rank: int,
+                     world: int, log, weights=None) -> dict:
+    """evaluate(), one log line, and one line in out_dir/evals.jsonl (rank 0); returns the metrics.
+    weights: what was evaluated (--eval-only names the checkpoint or model in the line)."""
+    m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
+    log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
+    if rank == 0:
+        out_dir = Path(cfg.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "evals.jsonl", "a") as f:
+            f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m}))
+    return m
+
+
+def eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg: Config, eos_ids, rank: int, world: int,
+              log):
+    """--eval-only: score the loaded weights once and print the table; no batches, optimizer or DDP."""
+    if not eval_set:
+        sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
+    weights = str(ckpt or cfg.model or policy.embedded_model_dir())
+    m = evaluate_and_log(checkpoint.checkpoint_step(ckpt), sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world,
+                         log, weights)
+    log(checkpoint.eval_table(m))
+    return model
+
+
+def prompt_batches(train_set: list, cfg: Config, rank: int, world: int) -> data.PromptBatches:
+    """Step 1's source: this rank's share of each generation round's prompts; exit 2 if too few."""
+    try:
+        return data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
+                                  cfg.seed, balanced=cfg.task_balanced)
+    except ValueError as e:  # too few usable prompts for one generation batch
+        print(f"error: {len(train_set)} usable training prompts: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def log_memory(model, cfg: Config, world: int, device, log):
+    """The start-up memory line: ddp's estimate against the GPU (CUDA only), or fsdp's per-GPU share."""
+    if sharded(cfg):  # fsdp's states are sharded: its share per GPU (policy.gb_per_gpu)
+        gb = policy.gb_per_gpu(sum(p.numel() for p in model.parameters()), "fsdp", world, accumulate=True)
+        log("memory per GPU under fsdp (GB, before activations and rollout KV): " +
+            ", ".join(f"{k} {v:.1f}" for k, v in gb.items()))
+    else:
+        policy.log_memory_estimate(model, cfg, world, device, log)
+
+
+def resume_state(ckpt, tr: Trainer, batches, cfg: Config, rank: int, world: int, log) -> int:
+    """--resume: restore AdamW (when the checkpoint has it), the schedule, the data order and every
+    rank's random generators from ckpt/trainer_state.pt. Returns the step to continue after (0: fresh)."""
+    if not ckpt:
+        return 0
+    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+    if "optimizer" in state and sharded(cfg):  # indexed whole tensors; fsdp holds named shards
+        log(f"{ckpt} is a ddp checkpoint, resumed under --shard fsdp: the weights, schedule, data "
+            "order and random state continue; AdamW's moments restart from zero")
+    elif "optimizer" in state:
+        tr.optimizer.load_state_dict(state["optimizer"])
+    elif (ckpt / "optimizer").is_dir():  # an fsdp checkpoint's AdamW shards (any --shard reads them)
+        checkpoint.load_sharded_optimizer(ckpt / "optimizer", tr.net, tr.optimizer)
+    else:
+        log(f"{ckpt} was saved with --no-save-optimizer: AdamW's moments restart from zero")
+    tr.scheduler.load_state_dict(state["scheduler"])
+    batches.load_state_dict(state["data"])
+    if len(state["rng"]) == world:
+        checkpoint.set_rng_state(state["rng"][rank])
+    return state["step"]
+
+
+def train_step(tr: Trainer, batch: Batch, adv: torch.Tensor, ref, sampler, model, cfg: Config,
+               pad_id: int) -> dict:
+    """Steps 7-9 on this rank's kept rows, then the sampler takes the new weights. {} (no update)
+    when the step kept no prompt: then no rank has rows, and no rank calls a collective here."""
+    if not batch.kept:
+        return {}
+    # the shared-prefix attention stays selected through backward: checkpointing recomputes
+    with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
+        m = update(tr, batch.mine, adv[batch.my_pos], ref, cfg, pad_id)
+    sync_sampler(sampler, model)
+    return m
+
+
+def save_step(step: int, cfg: Config, tr: Trainer, model, tok, batches, rank: int):
+    """A checkpoint (checkpoint.save_checkpoint on rank 0). Collective: every rank gathers its random
+    state, and under fsdp the weights to rank 0 and its own AdamW shards to disk."""
+    out_dir = Path(cfg.out_dir)
+    rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
+    weights = policy.full_state_dict(model, rank)  # fsdp: gathered to rank 0; ddp: None
+    optim_dir = (checkpoint.save_sharded_optimizer(out_dir, step, tr.net, tr.optimizer, rank)
+                 if sharded(cfg) and cfg.save_optimizer else None)  # fsdp: every rank its shards
+    if rank == 0:
+        whole = tr.optimizer if cfg.save_optimizer and not sharded(cfg) else None
+        checkpoint.save_checkpoint(out_dir, step, model, tok, whole, tr.scheduler, batches,
+                                   cfg.keep_last, rngs, weights, optim_dir)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def finish_run(cfg: Config, start: int, seconds: float, log):
+    """Rank 0, after the last step: the plot (--plot) and the end-of-run summary."""
+    out_dir = Path(cfg.out_dir)
+    if cfg.plot:
+        checkpoint.plot_rewards(out_dir)
+    lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl")]
+    log(checkpoint.run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], seconds, out_dir, cfg.plot))
+
+
+# -----------------------------------------------------------------------------
 # The main loop
 
 def main(argv=None):
@@ -1074,73 +1017,28 @@ def main(argv=None):
     rank, world, device = setup_distributed()
     log = print if rank == 0 else (lambda *a, **k: None)
     out_dir, t_start = Path(cfg.out_dir), time.perf_counter()
-    if plot_only(cfg, out_dir):
+    if checkpoint.plot_only(cfg, out_dir):
         log(f"--plot: {out_dir} holds a run; drawing it, no training (--resume or --overwrite to train)")
         if rank == 0:
             checkpoint.plot_rewards(out_dir)
         return None
     if cfg.plot:
         checkpoint.require_matplotlib()  # now, not after the training
-    log(config_text(cfg, prepare_run_dir(cfg, out_dir, rank, log)))
+    saved_to = checkpoint.prepare_run_dir(cfg, out_dir, rank, log)
+    log(checkpoint.config_text(cfg, Config(), saved_to))
     torch.manual_seed(cfg.seed + rank)  # sampling seeds below are explicit; this covers the rest
     random.seed(cfg.seed + rank)
 
-    ckpt = weights_to_load(cfg, out_dir, log)
+    ckpt = checkpoint.weights_to_load(cfg, out_dir, log)
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
-    train_set, eval_set = load_data(cfg, tok)
-    dropped = 0
-    if not cfg.eval_only:
-        train_set, dropped = usable_prompts(train_set, tok, cfg, rank, world, log)
-    log(f"data: {len(train_set)} training samples, {len(eval_set)} evaluation samples; "
-        f"tasks: {sorted({s.task for s in train_set or eval_set})}")
-    eval_ids, eval_set, _ = data.encode_prompts(eval_set, tok, cfg.max_prompt_tokens,
-                                                truncate=cfg.truncate_prompts)
-
-    def run_eval(step, weights=None):
-        m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
-        log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
-        if rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / "evals.jsonl", "a") as f:
-                f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m}))
-        return m
-
-    if cfg.eval_only:  # no training batches, optimizer or DDP needed
-        if not eval_set:
-            sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
-        log(eval_table(run_eval(checkpoint_step(ckpt), str(ckpt or cfg.model or policy.embedded_model_dir()))))
-        return model
-    try:
-        batches = data.PromptBatches(train_set, cfg.gen_prompts or cfg.prompts_per_step, rank, world,
-                                     cfg.seed, balanced=cfg.task_balanced)
-    except ValueError as e:  # too few usable prompts for one generation batch
-        print(f"error: {len(train_set)} usable training prompts: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    train_set, dropped, eval_set, eval_ids = prepare_data(cfg, tok, rank, world, log)
+    if cfg.eval_only:
+        return eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log)
+    batches = prompt_batches(train_set, cfg, rank, world)
     tr = make_trainer(model, cfg, world, device, log)
-    if sharded(cfg):  # memory_estimate is ddp's; fsdp's states are sharded (policy.gb_per_gpu)
-        gb = policy.gb_per_gpu(sum(p.numel() for p in model.parameters()), "fsdp", world, accumulate=True)
-        log("memory per GPU under fsdp (GB, before activations and rollout KV): " +
-            ", ".join(f"{k} {v:.1f}" for k, v in gb.items()))
-    else:
-        log_memory_estimate(model, cfg, world, device, log)
-
-    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True) if ckpt else None
-    start = state["step"] if state else 0
-    if state:
-        if "optimizer" in state and sharded(cfg):  # indexed whole tensors; fsdp holds named shards
-            log(f"{ckpt} is a ddp checkpoint, resumed under --shard fsdp: the weights, schedule, data "
-                "order and random state continue; AdamW's moments restart from zero")
-        elif "optimizer" in state:
-            tr.optimizer.load_state_dict(state["optimizer"])
-        elif (ckpt / "optimizer").is_dir():  # an fsdp checkpoint's AdamW shards (any --shard reads them)
-            checkpoint.load_sharded_optimizer(ckpt / "optimizer", tr.net, tr.optimizer)
-        else:
-            log(f"{ckpt} was saved with --no-save-optimizer: AdamW's moments restart from zero")
-        tr.scheduler.load_state_dict(state["scheduler"])
-        batches.load_state_dict(state["data"])
-        if len(state["rng"]) == world:
-            checkpoint.set_rng_state(state["rng"][rank])
-    metrics_path = out_dir / "metrics.jsonl"
+    log_memory(model, cfg, world, device, log)
+    start = resume_state(ckpt, tr, batches, cfg, rank, world, log)
+    metrics_path, names = out_dir / "metrics.jsonl", checkpoint.task_order({s.task for s in train_set})
     if rank == 0:  # keep only the steps the checkpoint had seen; damaged lines set aside, never lost
         checkpoint.resume_metrics(metrics_path, start, log)
 
@@ -1153,46 +1051,30 @@ def main(argv=None):
         lr = tr.scheduler.get_last_lr()[0]
         batch = collect_batch(step, cfg, batches, sampler, tok, eos_ids, rank, device)    # steps 1-5
         adv = advantages(batch.kept, cfg)                                                 # step 6
-        m = {"step": step, "lr": lr, "dropped_too_long": dropped,  # at load, before step 1
+        m = {"step": step, "lr": lr, "dropped_too_long": dropped,
              "generated_prompts": len({x.group for x in batch.generated}),
              **step_metrics(batch.generated, batch.kept, adv, cfg)}
         t_update = time.perf_counter()
-        if batch.kept:
-            # the shared-prefix attention stays selected through backward: checkpointing recomputes
-            with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
-                m.update(update(tr, batch.mine, adv[batch.my_pos], ref, cfg, tok.pad_token_id))  # 7-9
-            sync_sampler(sampler, model)
-        else:
+        m.update(train_step(tr, batch, adv, ref, sampler, model, cfg, tok.pad_token_id))  # steps 7-9
+        if not batch.kept:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
                 "(no learning signal); no update this step")
         m.update(speed_metrics(batch, batch.mine, time.perf_counter() - t_update, device))
         m["step_s"] = time.perf_counter() - t_step
         if cfg.eval_every and step % cfg.eval_every == 0:
-            m.update(run_eval(step))
+            m.update(evaluate_and_log(step, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log))
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
-            log_step(bar, m, task_order({s.task for s in train_set}))
+            checkpoint.log_step(bar, m, names)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-            rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
-            weights = policy.full_state_dict(model, rank)  # fsdp: gathered to rank 0; ddp: None
-            optim_dir = (checkpoint.save_sharded_optimizer(out_dir, step, tr.net, tr.optimizer, rank)
-                         if sharded(cfg) and cfg.save_optimizer else None)  # fsdp: every rank its shards
-            if rank == 0:
-                whole = tr.optimizer if cfg.save_optimizer and not sharded(cfg) else None
-                checkpoint.save_checkpoint(out_dir, step, model, tok, whole, tr.scheduler, batches,
-                                           cfg.keep_last, rngs, weights, optim_dir)
-            if dist.is_initialized():
-                dist.barrier()
+            save_step(step, cfg, tr, model, tok, batches, rank)
     if rank == 0:
-        if cfg.plot:
-            checkpoint.plot_rewards(out_dir)
-        lines = [json.loads(l) for l in open(metrics_path)]
-        log(run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], time.perf_counter() - t_start,
-                        out_dir, cfg.plot))
+        finish_run(cfg, start, time.perf_counter() - t_start, log)
     if dist.is_initialized():
         dist.destroy_process_group()
     return model
+
 
 if __name__ == "__main__":
     main()
