@@ -2,7 +2,7 @@
 
     python train.py                        # embedded default: SmolLM2-135M + built-in tasks, CPU, offline
     python train.py --help                 # every config field
-    torchrun --nproc_per_node=8 train.py --recipe paper \\
+    torchrun --nproc_per_node=8 train.py --recipe paper --shard fsdp \\
         --model Qwen/Qwen3-4B-Thinking-2507 --data golongrl.jsonl          # the paper's recipe on a node
 
 One training step (the paper's recipe, SPEC sections 2-6):
@@ -20,8 +20,8 @@ One training step (the paper's recipe, SPEC sections 2-6):
 How this differs from the paper's released code (a verl fork): plain torch DDP (default) or torch's
 FSDP2 (--shard fsdp: weights, gradients and AdamW states sharded across GPUs) replaces verl's FSDP,
 and there is no sequence parallelism (README: Memory, and Scaling past one GPU: FSDP2); generation is
-our own loop (rollout.py) instead of vLLM; the trainer keeps float32
-master weights and runs bf16 autocast on CUDA.
+our own loop (rollout.py) instead of vLLM; the trainer keeps float32 master weights and runs
+bf16 autocast on CUDA.
 """
 
 import argparse
