@@ -285,15 +285,6 @@ def gather(obj) -> list:
     return out
 
 
-def all_reduce(x: float, device: torch.device, op=None) -> float:
-    """Sum (or `op`) of a number over all ranks. NCCL reduces CUDA tensors only, hence `device`."""
-    if not dist.is_initialized():
-        return float(x)
-    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return float(t)
-
-
 def all_reduce_list(xs: list, device: torch.device, op=None) -> list:
     """Elementwise sum (or `op`) of a fixed-length list of numbers over all ranks, in one call.
 
