@@ -231,7 +231,7 @@ import gc, json, sys, time, torch
 from contextlib import nullcontext
 from types import SimpleNamespace
 sys.path.insert(0, {root!r})
-import grpo, policy
+import attention, grpo, policy
 from transformers import AutoModelForCausalLM
 P, G, R, WAY = {P}, {G}, {R}, {way!r}
 
@@ -252,7 +252,7 @@ def group(p, r):  # one prompt of p tokens, G responses of r tokens (random ids:
                            mask=torch.ones(G, r, dtype=torch.bool))
 
 def step(rows):  # train.update's work for one micro-batch holding the whole group
-    with policy.shared_prefix_setting(lm) if WAY == "shared" else nullcontext():
+    with attention.setting(lm) if WAY == "shared" else nullcontext():
         lp = forward(net, rows, list(range(G)), 0, torch.device("cpu"))
         loss, _ = grpo.policy_loss(lp, lp.detach(), torch.linspace(-1, 1, G), rows.mask, 0.2, 0.28, 3.0,
                                    None, "token-mean", num_tokens=int(rows.mask.sum()))

@@ -94,6 +94,26 @@ def tiny_llama(vocab_size: int = 512, seed: int = 0, layers: int = 2, hidden: in
     return LlamaForCausalLM(cfg).eval()
 
 
+STAND_INS = Path(__file__).parent / "stand_ins"  # the strict flash_attn stand-in (tests only)
+
+
+def load_flash_stand_in():
+    """A fresh copy of stand_ins/flash_attn.py as a module named flash_attn (call counts at 0)."""
+    spec = importlib.util.spec_from_file_location("flash_attn", STAND_INS / "flash_attn.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def flash_stand_in(monkeypatch):
+    """`import flash_attn` gives the strict stand-in for this test; returns it (read .CALLS)."""
+    import sys
+    mod = load_flash_stand_in()
+    monkeypatch.setitem(sys.modules, "flash_attn", mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     """The real Qwen tokenizer (session-scoped: built or read from cache once)."""

@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.functional import scaled_dot_product_attention
 
 import grpo
-from rollout import say_once
+from attention import ATTN_NAME, PackedGroups, setting as attention_setting
 
 CACHE = Path(os.environ.get("GOLONGRL_CACHE", Path.home() / ".cache" / "golongrl"))
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,37 +78,44 @@ def embedded_model_dir(cache: Path = CACHE) -> Path:
     return out
 
 
-def load_model(path: str, device: torch.device, trust_remote_code: bool = False, log=print):
-    """float32 master weights (bf16 autocast on CUDA), flash-attn for training when it can run."""
+def load_model(path: str, device: torch.device, trust_remote_code: bool = False, log=print,
+               flash: bool = False):
+    """float32 master weights (bf16 compute comes from autocast). flash=True: the per-row training
+    forward (--no-shared-prefix) runs transformers' flash_attention_2 when it accepts the installed
+    flash-attn, else sdpa (said). The shared-prefix forward and the rollout use attention.py instead."""
     from transformers import AutoModelForCausalLM
 
     def load(attn):  # a fresh from_pretrained each time: a failed attempt mutates its config
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
                                                     trust_remote_code=trust_remote_code)
     attn = "sdpa"
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if flash:
         try:
             model, attn = load("flash_attention_2"), "flash_attention_2"
         except (ImportError, ValueError, RuntimeError) as e:
-            log(f"flash_attention_2 unavailable ({e}); training attention: sdpa")
+            log(f"per-row training attention: transformers refuses flash_attention_2 ({str(e)[:120]}); sdpa")
             model = load("sdpa")
     else:
         model = load("sdpa")
-    log(f"training attention: {attn} on {device.type}")
     return model.to(device)
 
 
+@torch.no_grad()
 def make_sampler(model: nn.Module, dtype=torch.bfloat16) -> nn.Module:
     """A copy of `model` for generation with its *parameters* in `dtype` and every buffer as it was.
 
+    Built one parameter at a time: each parameter's `dtype` copy is made first and handed to
+    deepcopy through its memo, so deepcopy never copies a float32 parameter. Peak: the model plus
+    its `dtype` copy (a float32 deepcopy first would hold a second float32 model, +4 bytes per
+    parameter, 16 GB at 4B). Tied weights stay tied (one memo entry per Parameter object).
+
     `copy.deepcopy(model).to(torch.bfloat16)` would also cast the buffers, among them RoPE's
     `inv_freq`: in bf16 its phase error is ~0.9 rad at distance 1K and ~90 rad at 100K, so the
-    sampler would generate from a model with a broken position encoding (issue 9).
+    sampler would generate from a model with a broken position encoding.
     `from_pretrained(dtype=bfloat16)` keeps those buffers in float32; this does the same.
     """
-    sampler = copy.deepcopy(model)
-    for p in sampler.parameters():
-        p.data = p.data.to(dtype)
+    memo = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in model.parameters()}
+    sampler = copy.deepcopy(model, memo)
     return sampler.eval()
 
 
@@ -190,163 +196,13 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
 
 
 # -----------------------------------------------------------------------------
-# Shared-prefix training forward (issue 10): each prompt once per group, not once per response
+# Shared-prefix training forward: each prompt once per group, not once per response
 #
 # The per-row forward above runs G rows [prompt, r_j]: G*(P+R) tokens through forward and backward.
-# Here a group is ONE packed sequence [prompt, r_1, ..., r_G], P + G*R tokens, with position ids
-# 0..P-1 for the prompt and P..P+len(r_j)-1 for every response, and an attention in which prompt
-# tokens are causal among themselves and r_j sees the whole prompt plus its own earlier tokens,
-# never another response. Every r_j then computes exactly what its own row [prompt, r_j] would
-# (same keys, same positions, same values), and the backward sums the G responses' gradients into
-# the one copy of the prompt's keys/values: exact forward and backward.
-#
-# Same technique as rollout.py: the Hugging Face modules unchanged, one attention function
-# (`packed_attention`) registered with transformers.AttentionInterface, selected through the model
-# config only inside `shared_prefix_setting` and restored afterwards. HF builds no mask for a name it
-# does not know, so no [S, S] mask is ever made; our function reads its layout from the
-# `shared_prefix` keyword that Policy.forward passes down the decoder layers.
-#
-# Kernels, per layer (q [1, H, S, D], k, v [1, Hkv, S, D] from HF's projections and RoPE):
-# - "torch" (CPU, or CUDA without flash-attn): per group, sdpa causal over the prompt, then one sdpa for all its responses
-#   with keys = [prompt, responses] and a [sum r_j, P + sum r_j] bool mask. Exact; the mask grows
-#   with the group, fine at the sizes a CPU trains at.
-# - "flash" (CUDA with flash-attn): two flash_attn_varlen_func calls, both differentiable: the
-#   prompts causal, and every response with its keys/values = concat(prompt K/V, own K/V), causal
-#   with bottom-right alignment (query t of r_j sees the P prompt keys and own keys 0..t). The concat
-#   is a gather (index_select) per layer, a transient of G*P keys whose backward is an index_add: it
-#   sums every response's gradient into the prompt K/V. Chosen over flex_attention because it is the
-#   kernel the per-row path already runs (load_model's flash_attention_2) and needs no compile step;
-#   the cost is the G*P gathered keys per layer (prompt K/V once per response, as the per-row path
-#   holds, but not its G*P queries, MLP activations or hidden states). test_policy.py checks it on
-#   CPU against test_rollout's fake flash_attn; no GPU was lent here, so it is unmeasured on one.
-#
-# Gradient checkpointing recomputes each layer in the backward and looks the attention function up
-# by name again then: the setting must stay active until backward has run (train.py wraps update()).
-
-PACKED_ATTN = "golongrl_shared_prefix_train"  # the name packed_attention is registered under
-
-
-class PackedGroups:
-    """Layout of one packed micro-batch [prompt_1, r_11..r_1k, prompt_2, r_21.., ...] (batch 1, S tokens)
-    and the per-layer metadata of its kernels; built once per forward, read by every layer.
-
-    prompt_lens [g], resp_lens [g][k] (a group may hold any number of responses, of any length >= 0).
-    """
-
-    def __init__(self, prompt_lens: list, resp_lens: list, path: str, device):
-        self.path = path  # "torch" | "flash"
-        self.parts = []  # per group: (start, P, sum of its response lengths) in the packed sequence
-        pos, prompt_idx, resp_idx, key_idx, q_lens, k_lens, masks = [], [], [], [], [], [], []
-        s = 0
-        for P, rs in zip(prompt_lens, resp_lens):
-            R = sum(rs)
-            self.parts.append((s, P, R))
-            pos.append(torch.arange(P))
-            prompt_idx.append(torch.arange(s, s + P))
-            o = s + P  # where r_j starts
-            for r in filter(None, rs):  # a response without tokens takes no place (no empty segment)
-                pos.append(torch.arange(P, P + r))           # each response continues the prompt
-                resp_idx.append(torch.arange(o, o + r))
-                key_idx += [torch.arange(s, s + P), torch.arange(o, o + r)]  # [prompt, own] keys
-                q_lens.append(r)
-                k_lens.append(P + r)
-                o += r
-            if path == "torch" and R:  # [R, P + R]: every prompt key, own earlier keys of the response
-                rid = torch.repeat_interleave(torch.arange(len(rs)), torch.tensor(rs))  # [R] response id
-                t = torch.arange(R)
-                own = (rid[:, None] == rid[None, :]) & (t[None, :] <= t[:, None])
-                masks.append(torch.cat([torch.ones(R, P, dtype=torch.bool), own], 1).to(device))
-            else:
-                masks.append(None)
-            s = o
-        self.length = s
-        self.positions = torch.cat(pos).to(device)[None]  # [1, S] position ids
-        self.masks = masks                                # torch: per group [R, P + R] bool or None
-        if path == "flash":  # int32 cumulative lengths and gather indices for flash_attn_varlen_func
-            cu = lambda lens: torch.tensor([0] + lens).cumsum(0).to(torch.int32).to(device)  # noqa: E731
-            self.cu_p, self.max_p = cu(list(prompt_lens)), max(prompt_lens)
-            self.prompt_idx = torch.cat(prompt_idx).to(device)  # [sum P]
-            self.resp_idx = torch.cat(resp_idx or [torch.zeros(0, dtype=torch.long)]).to(device)  # [sum R]
-            self.key_idx = torch.cat(key_idx or [torch.zeros(0, dtype=torch.long)]).to(device)
-            # ^ [sum_j (P + r_j)]: the prompt's positions again for every response (the transient concat)
-            self.cu_rq, self.cu_rk = cu(q_lens), cu(k_lens)
-            self.max_rq, self.max_rk = max(q_lens, default=0), max(k_lens, default=0)
-            # packed order = [all prompt tokens, all response tokens]; `unpack` puts them back in place
-            self.unpack = torch.argsort(torch.cat([self.prompt_idx, self.resp_idx]))
-
-
-def packed_torch(lay: PackedGroups, q, k, v, scale):
-    """Exact torch kernel: per group, prompt causal, then all its responses under lay.masks."""
-    out = []
-    for (s, P, R), mask in zip(lay.parts, lay.masks):
-        out.append(scaled_dot_product_attention(q[:, :, s:s + P], k[:, :, s:s + P], v[:, :, s:s + P],
-                                                is_causal=True, scale=scale, enable_gqa=True))
-        if R:  # queries r_*, keys [prompt, r_*]: the slice k[s:s+P+R] is both, no copy
-            out.append(scaled_dot_product_attention(q[:, :, s + P:s + P + R], k[:, :, s:s + P + R],
-                                                    v[:, :, s:s + P + R], attn_mask=mask, scale=scale,
-                                                    enable_gqa=True))
-    return torch.cat(out, 2).transpose(1, 2)  # [1, S, H, D]
-
-
-def packed_flash(lay: PackedGroups, q, k, v, scale):
-    """flash-attn kernel: prompts causal (varlen), responses over gathered [prompt, own] keys."""
-    from flash_attn import flash_attn_varlen_func
-    q, k, v = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)  # [S, H(kv), D]
-    o_p = flash_attn_varlen_func(q.index_select(0, lay.prompt_idx), k.index_select(0, lay.prompt_idx),
-                                 v.index_select(0, lay.prompt_idx), lay.cu_p, lay.cu_p, lay.max_p,
-                                 lay.max_p, softmax_scale=scale, causal=True)        # [sum P, H, D]
-    outs = [o_p]
-    if lay.resp_idx.numel():
-        outs.append(flash_attn_varlen_func(
-            q.index_select(0, lay.resp_idx), k.index_select(0, lay.key_idx),
-            v.index_select(0, lay.key_idx), lay.cu_rq, lay.cu_rk, lay.max_rq, lay.max_rk,
-            softmax_scale=scale, causal=True))  # causal = bottom-right: the P prompt keys + own 0..t
-    return torch.cat(outs).index_select(0, lay.unpack)[None]  # [1, S, H, D]
-
-
-def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The attention function inside shared_prefix_setting (AttentionInterface signature).
-
-    With a `shared_prefix` layout: the packed-group kernels. Without one (a plain right-padded batch,
-    e.g. train.update's zero-row pass): causal sdpa, which is exact for every non-pad position of
-    right-padded rows (HF builds no padding mask for this attention name). Returns ([B, S, H, D], None).
-    """
-    if kwargs.get("sliding_window"):
-        raise ValueError("sliding-window attention layers are not supported by the shared-prefix forward")
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    lay = kwargs.get("shared_prefix")
-    if lay is None:
-        out = scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scale,
-                                           enable_gqa=True)
-        return out.transpose(1, 2), None
-    return (packed_flash if lay.path == "flash" else packed_torch)(lay, query, key, value, scale), None
-
-
-@contextmanager
-def shared_prefix_setting(lm):
-    """Our attention function for the duration (re-entrant), the previous one restored afterwards,
-    also on error. Keep it open across backward when gradient checkpointing is on (see above)."""
-    from transformers import AttentionInterface
-    AttentionInterface.register(PACKED_ATTN, packed_attention)  # idempotent
-    previous = lm.config._attn_implementation
-    lm.config._attn_implementation = PACKED_ATTN  # the config setter also updates sub-configs
-    try:
-        yield
-    finally:
-        lm.config._attn_implementation = previous
-
-
-def shared_attention_path(device, attention: str = "auto") -> str:
-    """'auto' -> 'flash' on CUDA when flash_attn is importable, else 'torch' (said once per process);
-    'torch' | 'flash' force one ('flash' on CPU: the tests, with a fake flash_attn module)."""
-    if attention not in ("auto", "torch", "flash"):
-        raise ValueError(f"attention must be 'auto', 'torch' or 'flash', got {attention!r}")
-    if attention == "auto":
-        flash = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
-        attention = "flash" if flash else "torch"
-        say_once("train:" + attention, f"shared-prefix training attention: {attention} on {device.type}")
-    return attention
-
+# Here a group is ONE packed sequence [prompt, r_1, ..., r_G], P + G*R tokens; attention.py holds
+# its layout (PackedGroups) and kernels, exact in forward and backward against the per-row rows
+# (test_policy.py). The attention setting must stay active until backward has run when gradient
+# checkpointing recomputes layers (train.py keeps `attention.setting` open around the update).
 
 def group_rows(rows, idx: list) -> list:
     """Row indices grouped by prompt (equal token lists share it; first-appearance order)."""
@@ -382,21 +238,22 @@ def shared_micro_batches(rows, idx: list, budget: int) -> list:
     return out + ([cur] if cur else [])
 
 
-def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attention: str = "auto"):
+def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attention: str = "torch"):
     """forward_logprobs with the prompt shared: same arguments, same [b, T] result (0 off the mask).
 
     The rows of `mb` are grouped by prompt; each group runs as [prompt, r_1, ..., r_k] in one packed
     sequence of batch 1 (no padding, so pad_id is unused). Position P-1 predicts every response's
     first token; position o_j+t-1 predicts token t of the response that starts at o_j.
+    attention: the kernels, 'torch' or 'flash' (attention.choose decides once per run).
     """
     lm = getattr(policy, "module", policy).lm  # policy may be DDP-wrapped
     if (torch.is_grad_enabled() and lm.training and lm.is_activation_checkpointing
-            and lm.config._attn_implementation != PACKED_ATTN):
+            and lm.config._attn_implementation != ATTN_NAME):
         raise RuntimeError("shared-prefix forward with gradient checkpointing: wrap forward AND backward "
-                           "in policy.shared_prefix_setting(lm), or the backward's recompute runs the "
+                           "in attention.setting(lm), or the backward's recompute runs the "
                            "model's own attention over the packed sequence (wrong gradients)")
-    path = shared_attention_path(device if isinstance(device, torch.device) else torch.device(device),
-                                 attention)
+    if attention not in ("torch", "flash"):
+        raise ValueError(f"attention must be 'torch' or 'flash' (attention.choose picks it), got {attention!r}")
     T = rows.tokens.shape[1]
     groups = group_rows(rows, mb)
     where = {i: b for b, i in enumerate(mb)}  # row index -> its row in the result
@@ -417,10 +274,10 @@ def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attenti
             o += r
         resp_lens.append(rs)
         s = o
-    lay = PackedGroups([len(rows.prompts[g[0]]) for g in groups], resp_lens, path, device)
+    lay = PackedGroups([len(rows.prompts[g[0]]) for g in groups], resp_lens, attention, device)
     b_idx, t_idx, cols = torch.cat(b_idx), torch.cat(t_idx), torch.cat(cols)     # [N] each
     targets = rows.tokens[mb][b_idx, t_idx]
-    with shared_prefix_setting(lm):
+    with attention_setting(lm):
         lp = policy(torch.tensor([ids], device=device), None, torch.zeros_like(cols).to(device),
                     cols.to(device), targets.to(device), position_ids=lay.positions, packing=lay)
     out = torch.zeros(len(mb), T, dtype=lp.dtype, device=device)
@@ -441,13 +298,14 @@ def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attenti
 # sampler is always a full copy (a sharded model cannot generate on its own: ranks decode different
 # lengths).
 
-def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print) -> nn.Module:
+def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print, bf16: bool = False) -> nn.Module:
     """The module the update calls (its forward is net's). `net` is changed in place under fsdp.
 
     ddp : DistributedDataParallel around net.
     fsdp: fully_shard each decoder layer, then the root (net: the embedding, final norm and the tied
-          LM head, which Policy.forward uses directly). On CUDA compute runs on bf16 copies of the
-          gathered weights; gradients are reduced in float32 into float32 master shards.
+          LM head, which Policy.forward uses directly). With bf16 (--precision bf16) compute runs on
+          bf16 copies of the gathered weights; gradients are reduced in float32 into float32 master
+          shards. Without: float32 throughout.
     One process: net itself (nothing to shard or sync).
     """
     if shard not in ("ddp", "fsdp"):
@@ -467,7 +325,7 @@ def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(device.type, (world,))  # one flat group: every rank holds 1/world
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if device.type == "cuda" else MixedPrecisionPolicy())  # CPU: float32 throughout (tests)
+          if bf16 else MixedPrecisionPolicy())
     for layer in net.lm.base_model.layers:  # one all-gather unit per decoder layer
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(net, mesh=mesh, mp_policy=mp)  # the rest: embedding, final norm, LM head

@@ -8,7 +8,7 @@
     python -m pytest -q test_rollout.py      # equals model.generate greedy, logprobs, flash path (faked)
     python bench.py --only rollout           # vs model.generate(num_return_sequences=n)
 
-Why (issue 5): in long-context GRPO the prompt is huge and each prompt is sampled G times.
+Why: in long-context GRPO the prompt is huge and each prompt is sampled G times.
 `model.generate(num_return_sequences=G)` prefills the prompt G times and keeps G copies of its KV cache.
 Here each prompt is prefilled once (in chunks, LM head on the last position only), its keys/values are
 stored once, and only the generated tokens get per-row storage: KV memory is prompt + n x generated
@@ -16,11 +16,11 @@ instead of n x (prompt + generated). A decode step attends to the shared prompt 
 own part separately and merges the two exactly with their log-sum-exp (`merge_attention`).
 
 The model is the Hugging Face model itself (embedding, decoder layers with their RoPE, norm, LM head);
-only attention is swapped, through ONE function registered with `transformers.AttentionInterface`
-(`shared_prefix_attention`). The model's attention setting and train/eval flags are restored afterwards.
-Kernels: on CUDA with flash-attn 2 installed (a version whose `flash_attn_with_kvcache` has
-`return_softmax_lse`), `flash_attn_varlen_func` for prefill and `flash_attn_with_kvcache` for decode;
-otherwise an exact torch path with the same semantics. Which one runs is printed once per process.
+only attention is swapped, through the one function of attention.py (`shared_prefix_attention`,
+which also holds the KV cache and the prefill/decode kernels). The model's attention setting and
+train/eval flags are restored afterwards. Kernels: on CUDA with flash-attn 2 installed and a bf16
+sampler, `flash_attn_varlen_func` for prefill and `flash_attn_with_kvcache` for decode; otherwise an
+exact torch path with the same semantics. Which one runs is printed once per process.
 Supported families: Qwen2, Qwen3, Llama (checked by config.model_type); others get a ValueError.
 
 Departures from verl (the paper's rollout engine is vLLM): no paged memory or continuous batching.
@@ -28,8 +28,8 @@ Prompts are processed in waves that fit `kv_budget_tokens` (a prompt that alone 
 wave of its own); rows that finish are dropped from the batch at the next EOS check (every
 `check_every` steps, to avoid a host sync per token).
 
-Read top to bottom: attention helpers, the cache, the four kernels, sampling, model plumbing,
-planning (chunks, waves), then `generate` and the steps it calls, in call order.
+Read top to bottom: sampling, model plumbing, planning (chunks, waves), then `generate` and the
+steps it calls, in call order.
 """
 
 import time
@@ -37,12 +37,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn.functional import scaled_dot_product_attention
 from torch import Tensor
 
+from attention import Segment, SharedPrefixCache, say_once
+from attention import choose as choose_attention, setting as attention_setting
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
-ATTN_NAME = "golongrl_shared_prefix"  # the name our attention function is registered under
-_ANNOUNCED: set[str] = set()  # say_once keys already printed in this process
 
 
 @dataclass
@@ -53,246 +53,6 @@ class Rollout:
     lengths: Tensor     # [P*n] int64, valid generated tokens (incl. EOS)
     truncated: Tensor   # [P*n] bool, True if no EOS before max_new_tokens
     stats: dict = field(default_factory=dict)  # seconds, tokens/s, KV bytes, attention path, waves
-
-
-# -----------------------------------------------------------------------------
-# Attention kernels: plain torch helpers (the reference) and the merge of two partial attentions
-
-def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
-                       mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Softmax attention that also returns the log-sum-exp of the scores (the softmax normalizer).
-
-    q [B, Hkv, M, D] (grouped-query heads folded into M), k, v [B, Hkv, N, D], mask bool broadcastable
-    to [B, Hkv, M, N] (True = attend). Returns out [B, Hkv, M, D] in q's dtype, lse [B, Hkv, M] float32.
-    """
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, Hkv, M, N]
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)  # [B, Hkv, M]
-    probs = torch.exp(scores - lse.unsqueeze(-1))
-    return torch.matmul(probs.to(v.dtype), v), lse
-
-
-def merge_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact attention over the union of two disjoint key sets, from attention over each set.
-
-    out_* [B, S, H, D], lse_* [B, H, S] (flash-attn's layout). softmax over a union = each part's
-    softmax reweighted by exp(lse_part - lse_total), where lse_total = logaddexp(lse_a, lse_b).
-    """
-    lse = torch.logaddexp(lse_a, lse_b)  # [B, H, S]
-    w_a = torch.exp(lse_a - lse).transpose(1, 2).unsqueeze(-1)  # [B, S, H, 1]
-    w_b = torch.exp(lse_b - lse).transpose(1, 2).unsqueeze(-1)
-    out = out_a.float() * w_a + out_b.float() * w_b
-    return out.to(out_a.dtype), lse
-
-
-def causal_mask_bottom_right(q_len: int, k_len: int, device) -> Tensor:
-    """[q_len, k_len] bool: query i sees key j iff j <= i + (k_len - q_len) (flash-attn's alignment)."""
-    i = torch.arange(q_len, device=device).unsqueeze(1)
-    j = torch.arange(k_len, device=device).unsqueeze(0)
-    return j <= i + (k_len - q_len)
-
-
-# -----------------------------------------------------------------------------
-# The KV cache: prompt K/V once per prompt, generated K/V per row, plus what the attention hook needs
-
-@dataclass
-class Segment:
-    prompt: int   # prompt slot in the wave
-    start: int    # first prompt position in this chunk
-    end: int      # one past the last
-    q0: int       # offset of this segment inside the packed chunk
-
-
-class SharedPrefixCache:
-    """KV storage for one wave of P prompts and its A rows (P*n at first, fewer as rows finish), in
-    flash-attn's [batch, seq, kv_heads, head_dim] layout, plus the metadata the attention hook reads.
-
-    prefill_wave calls set_prefill once per chunk; decode_wave calls set_decode once per step and
-    keep_rows every few steps; the four kernels read the fields once per layer. Every field is
-    declared here; the metadata of the phase not running keeps its last (or empty) value.
-    """
-
-    def __init__(self, layers: int, prompt_lens: list[int], n: int, gen_capacity: int,
-                 kv_heads: int, head_dim: int, dtype, device, path: str):
-        P, Lmax = len(prompt_lens), max(prompt_lens)
-        shape_p, shape_g = (P, Lmax, kv_heads, head_dim), (P * n, gen_capacity, kv_heads, head_dim)
-        # --- storage, one tensor per layer
-        self.prompt_k = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
-        self.prompt_v = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
-        # ^ [P, Lmax, Hkv, D]: one copy per prompt, read by all n rows of that prompt
-        self.gen_k = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
-        self.gen_v = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
-        # ^ [A, gen_capacity, Hkv, D]: slot t holds the row's generated token t (preallocated)
-        self.prompt_lens = torch.tensor(prompt_lens, device=device)  # [P] int64
-        self.bytes = sum(t.numel() * t.element_size()  # allocated once: the wave's KV peak
-                         for t in self.prompt_k + self.prompt_v + self.gen_k + self.gen_v)
-        self.n, self.path = n, path  # samples per prompt; kernels: "torch" | "flash"
-        self.phase = "prefill"       # "prefill" | "decode": which kernel the hook calls
-        # --- rows (decode): row r of the step batch is sample row_sample[r] of prompt slot row_prompt[r]
-        self.row_prompt = torch.arange(P, device=device).repeat_interleave(n)  # [A] int64
-        self.row_sample = torch.arange(n, device=device).repeat(P)             # [A] int64
-        # --- prefill metadata, one chunk at a time (set_prefill)
-        self.segments: list[Segment] = []        # the chunk's pieces of prompts, in packed order
-        self.masks: list[Tensor | None] = []     # torch: per segment [c, end] bool, None = plain causal
-        self.cu_q: Tensor | None = None          # flash: [segments + 1] int32 cumulative query lengths
-        self.cu_k: Tensor | None = None          # flash: [segments + 1] int32 cumulative key lengths
-        self.max_q = self.max_k = 0              # flash: longest query / key segment
-        # --- decode metadata, one step at a time (set_decode)
-        self.step = 0                              # the gen slot this step's K/V is written to
-        self.cache_batch_idx: Tensor | None = None  # flash: [A] int32, prompt slot of each row
-        self.prompt_seqlens: Tensor | None = None   # flash: [A] int32, prompt length of each row
-        self.gen_seqlens: Tensor | None = None      # flash: [A] int32, = step (own tokens before it)
-
-    def set_prefill(self, segments: list[Segment]):
-        """Metadata of one packed prefill chunk, read by every layer's prefill kernel."""
-        self.phase, self.segments = "prefill", segments
-        device = self.prompt_lens.device
-        if self.path == "torch":  # bottom-right causal mask per segment; None = plain causal (start 0)
-            self.masks = [causal_mask_bottom_right(s.end - s.start, s.end, device) if s.start else None
-                          for s in segments]
-        else:  # flash-attn varlen wants int32 cumulative lengths of the packed q and k
-            q_lens = [s.end - s.start for s in segments]
-            k_lens = [s.end for s in segments]
-            self.cu_q = torch.tensor([0] + q_lens, device=device).cumsum(0).to(torch.int32)
-            self.cu_k = torch.tensor([0] + k_lens, device=device).cumsum(0).to(torch.int32)
-            self.max_q, self.max_k = max(q_lens), max(k_lens)
-
-    def keep_rows(self, keep: Tensor) -> Tensor:
-        """Drop finished rows. keep: [A] bool over the current rows; returns idx [A'] of the kept ones,
-        with which the caller compacts its own per-row tensors. Changes, in place:
-
-          gen_k, gen_v, row_prompt, row_sample   -> the kept rows only, in order;
-          and if every row of some prompt has now finished, that prompt is freed:
-          prompt_k, prompt_v, prompt_lens        -> the live prompts only, padding trimmed to the
-                                                    new longest; row_prompt renumbered to new slots.
-        """
-        idx = keep.nonzero().squeeze(1)
-        self.gen_k = [t.index_select(0, idx) for t in self.gen_k]
-        self.gen_v = [t.index_select(0, idx) for t in self.gen_v]
-        self.row_prompt, self.row_sample = self.row_prompt[idx], self.row_sample[idx]
-        live = torch.zeros_like(self.prompt_lens, dtype=torch.bool)
-        live[self.row_prompt] = True
-        if not bool(live.all()):  # free the prompt KV of prompts whose n rows all finished
-            p_idx = live.nonzero().squeeze(1)
-            self.prompt_lens = self.prompt_lens[p_idx]
-            Lmax = int(self.prompt_lens.max())  # trim padding too
-            self.prompt_k = [t[:, :Lmax].index_select(0, p_idx) for t in self.prompt_k]
-            self.prompt_v = [t[:, :Lmax].index_select(0, p_idx) for t in self.prompt_v]
-            self.row_prompt = (live.cumsum(0) - 1)[self.row_prompt]  # old slot -> new slot
-        return idx
-
-    def set_decode(self, step: int):
-        """Metadata of one decode step (every active row writes gen slot `step`)."""
-        self.phase, self.step = "decode", step
-        if self.path == "flash":  # int32 metadata for flash_attn_with_kvcache
-            self.cache_batch_idx = self.row_prompt.to(torch.int32)
-            self.prompt_seqlens = self.prompt_lens[self.row_prompt].to(torch.int32)
-            self.gen_seqlens = torch.full_like(self.cache_batch_idx, step)
-
-
-# -----------------------------------------------------------------------------
-# The four kernels: prefill / decode x torch / flash-attn. HF gives q [B, H, S, D], k, v [B, Hkv, S, D].
-
-def prefill_torch(cache, layer, q, k, v, scale):
-    """Packed chunk (B=1): write each segment's K/V to its prompt, attend causally to prompt[:end]."""
-    out = torch.empty_like(q.transpose(1, 2))  # [1, S, H, D]
-    for seg, mask in zip(cache.segments, cache.masks):
-        c = seg.end - seg.start
-        cache.prompt_k[layer][seg.prompt, seg.start:seg.end] = k[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
-        cache.prompt_v[layer][seg.prompt, seg.start:seg.end] = v[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
-        keys = cache.prompt_k[layer][seg.prompt, :seg.end].transpose(0, 1)[None]  # [1, Hkv, end, D]
-        vals = cache.prompt_v[layer][seg.prompt, :seg.end].transpose(0, 1)[None]
-        o = scaled_dot_product_attention(q[:, :, seg.q0:seg.q0 + c], keys, vals, attn_mask=mask,
-                                         is_causal=mask is None, scale=scale, enable_gqa=True)
-        out[0, seg.q0:seg.q0 + c] = o[0].transpose(0, 1)  # o: [1, H, c, D]
-    return out
-
-
-def prefill_flash(cache, layer, q, k, v, scale):
-    """Same as prefill_torch with one flash_attn_varlen_func call over the packed segments."""
-    from flash_attn import flash_attn_varlen_func
-    keys, vals = [], []
-    for seg in cache.segments:
-        c = seg.end - seg.start
-        cache.prompt_k[layer][seg.prompt, seg.start:seg.end] = k[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
-        cache.prompt_v[layer][seg.prompt, seg.start:seg.end] = v[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
-        keys.append(cache.prompt_k[layer][seg.prompt, :seg.end])  # [end, Hkv, D], incl. earlier chunks
-        vals.append(cache.prompt_v[layer][seg.prompt, :seg.end])
-    out = flash_attn_varlen_func(q[0].transpose(0, 1).contiguous(), torch.cat(keys), torch.cat(vals),
-                                 cache.cu_q, cache.cu_k, cache.max_q, cache.max_k,
-                                 softmax_scale=scale, causal=True)  # [S, H, D]
-    return out[None]
-
-
-def decode_torch(cache, layer, q, k, v, scale):
-    """One new token per row: attention over the shared prompt + over the row's own tokens, merged."""
-    A, H, _, D = q.shape
-    Hkv, n = k.shape[1], cache.n
-    g = H // Hkv
-    cache.gen_k[layer][:, cache.step] = k[:, :, 0]  # this token's K/V into its row's own slot
-    cache.gen_v[layer][:, cache.step] = v[:, :, 0]
-    # Shared part: put the rows of each prompt side by side so the prompt's K/V are read once, not per
-    # row (no gather of the prompt per row): grid [P, n] of queries, empty slots are zeros.
-    P = cache.prompt_lens.shape[0]
-    full = A == P * n  # no row dropped yet: rows already are the grid, in order
-    slot = cache.row_prompt * n + cache.row_sample  # [A] position of each row in the grid
-    grid = q[:, :, 0] if full else q.new_zeros(P * n, H, D).index_put_((slot,), q[:, :, 0])
-    grid = grid.reshape(P, n, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * g, D)
-    pk = cache.prompt_k[layer].transpose(1, 2)  # [P, Hkv, Lmax, D]
-    pv = cache.prompt_v[layer].transpose(1, 2)
-    key_ok = torch.arange(pk.shape[2], device=q.device) < cache.prompt_lens[:, None]  # [P, Lmax]
-    o_p, lse_p = attention_with_lse(grid, pk, pv, scale, key_ok[:, None, None, :])
-    o_p = o_p.view(P, Hkv, n, g, D).permute(0, 2, 1, 3, 4).reshape(P * n, H, D)  # [P*n, H, D]
-    lse_p = lse_p.view(P, Hkv, n, g).permute(0, 2, 1, 3).reshape(P * n, H)        # [P*n, H]
-    if not full:
-        o_p, lse_p = o_p[slot], lse_p[slot]  # back to the active rows [A, ...]
-    # Own part: all active rows are at the same step, so their own keys are gen[:, :step+1].
-    gk = cache.gen_k[layer][:, :cache.step + 1].transpose(1, 2)  # [A, Hkv, step+1, D]
-    gv = cache.gen_v[layer][:, :cache.step + 1].transpose(1, 2)
-    o_g, lse_g = attention_with_lse(q.reshape(A, Hkv, g, D), gk, gv, scale)
-    out, _ = merge_attention(o_p[:, None], lse_p[:, :, None],
-                             o_g.reshape(A, 1, H, D), lse_g.reshape(A, H, 1))
-    return out  # [A, 1, H, D]
-
-
-def decode_flash(cache, layer, q, k, v, scale):
-    """decode_torch with two flash_attn_with_kvcache calls: the prompt cache indexed per row by
-    cache_batch_idx (no copy), and the row's own cache, appended in place by the kernel."""
-    from flash_attn import flash_attn_with_kvcache
-    q = q.transpose(1, 2)  # [A, 1, H, D]
-    o_p, lse_p = flash_attn_with_kvcache(q, cache.prompt_k[layer], cache.prompt_v[layer],
-                                         cache_seqlens=cache.prompt_seqlens,
-                                         cache_batch_idx=cache.cache_batch_idx,
-                                         softmax_scale=scale, causal=False, return_softmax_lse=True)
-    o_g, lse_g = flash_attn_with_kvcache(q, cache.gen_k[layer], cache.gen_v[layer],
-                                         k=k.transpose(1, 2), v=v.transpose(1, 2),
-                                         cache_seqlens=cache.gen_seqlens,
-                                         softmax_scale=scale, causal=True, return_softmax_lse=True)
-    out, _ = merge_attention(o_p, lse_p, o_g, lse_g)
-    return out
-
-
-KERNELS = {("prefill", "torch"): prefill_torch, ("prefill", "flash"): prefill_flash,
-           ("decode", "torch"): decode_torch, ("decode", "flash"): decode_flash}
-
-
-def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                            **kwargs):
-    """The one attention function the model runs while `generate` is active (AttentionInterface).
-
-    HF's attention module has already projected and rotated q [B, H, S, D], k, v [B, Hkv, S, D]; the
-    cache arrives as the `rollout_cache` keyword, passed down from the decoder-layer call in this file.
-    Returns ([B, S, H, D], None) like transformers' own attention functions.
-    """
-    cache = kwargs.get("rollout_cache")
-    if cache is None:
-        raise RuntimeError(f"attention '{ATTN_NAME}' only runs inside rollout.generate (no rollout_cache)")
-    if kwargs.get("sliding_window"):
-        raise ValueError("sliding-window attention layers are not supported by rollout.generate")
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = KERNELS[cache.phase, cache.path](cache, module.layer_idx, query, key, value, scale)
-    return out, None
 
 
 # -----------------------------------------------------------------------------
@@ -369,42 +129,17 @@ def forward_tokens(model, base, ids: Tensor, positions: Tensor, cache: SharedPre
 
 
 @contextmanager
-def inference_setting(model, attn_name: str):
-    """eval mode + our attention for the duration; restores every module's training flag and the
-    config's attention implementation afterwards, also on error (training shares the model object)."""
+def inference_setting(model):
+    """eval mode + the shared-prefix attention for the duration; restores every module's training
+    flag and the model's attention setting afterwards, also on error (training shares the model)."""
     flags = [(m, m.training) for m in model.modules()]
-    previous = model.config._attn_implementation
     model.eval()
-    model.config._attn_implementation = attn_name  # the config setter also updates sub-configs
     try:
-        yield
+        with attention_setting(model):
+            yield
     finally:
-        model.config._attn_implementation = previous
         for m, was in flags:
             m.training = was
-
-
-def choose_attention(attention: str, device: torch.device, dtype) -> tuple[str, str]:
-    """'auto' | 'torch' | 'flash' -> (path, why). 'flash' forces flash-attn even on CPU: the tests use
-    it with a fake flash_attn module to check the GPU path against the torch path."""
-    try:
-        import flash_attn  # noqa: F401
-        have_flash = True
-    except ImportError:
-        have_flash = False
-    if attention == "flash":
-        if not have_flash:
-            raise ValueError("attention='flash' but flash_attn is not importable")
-        return "flash", "forced by attention='flash'"
-    if attention == "torch":
-        return "torch", "forced by attention='torch'"
-    if attention != "auto":
-        raise ValueError(f"attention must be 'auto', 'torch' or 'flash', got {attention!r}")
-    if not have_flash:
-        return "torch", "flash_attn not importable"
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
-        return "torch", f"flash-attn needs CUDA and fp16/bf16, model is {device.type} {dtype}"
-    return "flash", "flash_attn found, CUDA, half precision"
 
 
 def plan_chunks(lengths: list[int], chunk_tokens: int) -> list[list[Segment]]:
@@ -452,15 +187,8 @@ def plan_waves(lengths: list[int], n: int, max_new_tokens: int, budget: int | No
 
 
 # -----------------------------------------------------------------------------
-# generate, in call order: check_inputs -> start_attention -> plan_waves -> per wave:
+# generate, in call order: check_inputs -> choose_attention -> plan_waves -> per wave:
 # prefill_wave -> decode_wave (decode_step, keep_rows every few steps) -> Rollout
-
-def say_once(key: str, text: str):
-    """Print text the first time `key` comes up in this process (every rank and step repeats it)."""
-    if key not in _ANNOUNCED:
-        _ANNOUNCED.add(key)
-        print(text, flush=True)
-
 
 def check_inputs(vocab: int, prompts, n: int, max_new_tokens: int, eos: list[int], pad_token_id,
                  temperature: float, top_p: float, top_k: int, check_every: int, prefill_chunk_tokens: int):
@@ -477,15 +205,6 @@ def check_inputs(vocab: int, prompts, n: int, max_new_tokens: int, eos: list[int
     for i, p in enumerate(prompts):
         if len(p) == 0 or min(p) < 0 or max(p) >= vocab:
             raise ValueError(f"prompt {i}: empty or token id outside [0, {vocab}) (len {len(p)})")
-
-
-def start_attention(attention: str, device: torch.device, dtype) -> str:
-    """Pick the kernels ('torch' | 'flash'), say once which, and register our attention function."""
-    path, why = choose_attention(attention, device, dtype)
-    say_once(path, f"rollout: attention path = {path} ({why})")
-    from transformers import AttentionInterface
-    AttentionInterface.register(ATTN_NAME, shared_prefix_attention)  # idempotent
-    return path
 
 
 def count_over_budget(lengths: list[int], waves: list[list[int]], n: int, max_new_tokens: int,
@@ -565,6 +284,13 @@ def decode_wave(model, base, cache: SharedPrefixCache, first_logits: Tensor, sam
     return (tokens, mask, logprobs), steps
 
 
+def gen_capacity(max_new_tokens: int, heads_per_kv: int) -> int:
+    """Generated-token slots per row: the last sampled token is never fed back, so max_new_tokens - 1
+    suffice; but flash-attn's decode with an appended key treats one query of a grouped-query model
+    as heads_per_kv queries and refuses a cache shorter than that, so never fewer."""
+    return max(max_new_tokens - 1, heads_per_kv, 1)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -583,7 +309,8 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
     kv_budget_tokens: max KV positions per wave (per layer), counted as P*Lmax + P*n*max_new_tokens;
     a prompt that alone needs more runs in a wave of its own (said once per process).
     prefill_chunk_tokens: tokens per prefill forward. check_every: decode steps between EOS checks.
-    attention: 'auto' (flash-attn on CUDA when installed), 'torch', or 'flash' (forced; tests only).
+    attention: 'auto' (flash-attn on CUDA with a bf16/fp16 model when it imports), 'torch', or 'flash'
+    (wherever a flash_attn module imports: on CPU the tests' stand-in).
     """
     base, cfg = check_model(model), model.config
     eos = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
@@ -591,7 +318,8 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
                  top_k, check_every, prefill_chunk_tokens)
     embed = base.embed_tokens.weight
     device, dtype = embed.device, embed.dtype
-    path = start_attention(attention, device, dtype)
+    path = choose_attention(attention, device, half=dtype in (torch.float16, torch.bfloat16))
+    heads_per_kv = cfg.num_attention_heads // cfg.num_key_value_heads
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     sample = lambda logits: sample_next(logits, temperature, top_k, top_p, generator)  # noqa: E731
     stop = torch.tensor(eos, device=device)
@@ -607,10 +335,10 @@ def generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, te
     stats = dict(attention=path, prefill_s=0.0, decode_s=0.0, kv_bytes=0, waves=len(waves),
                  decode_steps=0, prompt_tokens=sum(lengths), over_budget_waves=over_budget)
 
-    with inference_setting(model, ATTN_NAME):
+    with inference_setting(model):
         for wave in waves:
             cache = SharedPrefixCache(cfg.num_hidden_layers, [lengths[i] for i in wave], n,
-                                      max(max_new_tokens - 1, 1), cfg.num_key_value_heads, head_dim,
+                                      gen_capacity(max_new_tokens, heads_per_kv), cfg.num_key_value_heads, head_dim,
                                       dtype, device, path)
             stats["kv_bytes"] = max(stats["kv_bytes"], cache.bytes)
             t0 = time.perf_counter()

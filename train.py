@@ -35,6 +35,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,6 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import attention
 import checkpoint
 import data
 import grpo
@@ -110,6 +112,10 @@ class Config:
     shared_prefix: bool = option(True, "training forward packs a group as [prompt, r_1..r_G]: its prompt once, not G times")
     grad_checkpointing: bool = option(True, "recompute activations in backward (long contexts)")
     shard: str = option("ddp", "ddp = every GPU holds the whole model and AdamW state; fsdp = FSDP2 shards them")
+    precision: str = option("auto", "auto = bf16 on CUDA, fp32 on CPU; bf16 = float32 master weights, bf16 "
+                                    "autocast in the trainer, bf16 sampler (on CPU too: the GPU's numerics)")
+    attention: str = option("auto", "auto = flash-attn on CUDA in bf16 when it imports, else torch; flash = "
+                                    "flash-attn wherever a flash_attn module imports; torch = exact SDPA path")
     logprob_chunk: int = option(1024, "tokens per chunk in grpo.token_logprobs")
     # run
     out_dir: str = option("runs/default", "metrics.jsonl, checkpoints/ and the plot go here")
@@ -128,13 +134,20 @@ class Config:
     plot: bool = option(False, "draw per-task reward curves to out_dir/rewards.png (needs matplotlib); "
                                "on a folder holding a run, without --resume/--overwrite: only draw, no training")
     recipe: str = option("", "'paper' = the paper's hyperparameters (explicit flags still win)")
+    dist_timeout_min: float = option(720.0, "timeout of the waits between ranks that last as long as a "
+                                     "rollout, an evaluation or a save (a gloo group); a paper-length round "
+                                     "runs for hours")
+    collective_timeout_min: float = option(10.0, "timeout of the tensor collectives inside a step (NCCL's default)")
 
 
 # The paper's recipe (SPEC section 6), applied before explicit command-line flags.
 PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_size=16, prompts_per_step=128,
              gen_prompts=512, max_gen_rounds=4, clip_low=0.2, clip_high=0.28, dual_clip=3.0,
              temperature=1.0, top_p=1.0, top_k=0, max_prompt_tokens=163_840, max_new_tokens=16_384,
-             require_think=True, advantage="tmn_reweight", alpha=0.8, micro_batch_tokens=32_768,
+             require_think=True, advantage="tmn_reweight", alpha=0.8,
+             # a whole group in one shared-prefix micro-batch: the longest prompt + G x max_new
+             # (smaller would split a group into sub-groups that each run the prompt again)
+             micro_batch_tokens=163_840 + 16 * 16_384,
              # KV positions per generation wave: the recipe's largest prompt with its G x max_new rows
              # (rollout.wave_kv_tokens), so that prompt fits a wave of its own: 163,840 + 16 x 16,384
              kv_budget_tokens=163_840 + 16 * 16_384)
@@ -157,7 +170,8 @@ AT_LEAST = {
     "clip_low": (0.0, "a clip range"), "clip_high": (0.0, "a clip range"),
 }
 # Floats that must be strictly positive.
-POSITIVE = {"lr": "a step size", "temperature": "logits are divided by it", "grad_clip": "a norm bound"}
+POSITIVE = {"lr": "a step size", "temperature": "logits are divided by it", "grad_clip": "a norm bound",
+            "dist_timeout_min": "a timeout", "collective_timeout_min": "a timeout"}
 
 
 def looks_like_path(s: str) -> bool:
@@ -200,6 +214,12 @@ def validate_config(cfg: Config) -> list:
         problems.append(f"--advantage {cfg.advantage!r}: must be grpo, tmn or tmn_reweight")
     if cfg.shard not in ("ddp", "fsdp"):
         problems.append(f"--shard {cfg.shard!r}: must be ddp or fsdp")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        problems.append(f"--precision {cfg.precision!r}: must be auto, fp32 or bf16")
+    if cfg.attention not in ("auto", "flash", "torch"):
+        problems.append(f"--attention {cfg.attention!r}: must be auto, flash or torch")
+    if cfg.attention == "flash" and cfg.precision == "fp32":
+        problems.append("--attention flash --precision fp32: flash-attn computes in bf16; use --precision bf16")
     if cfg.loss_agg not in ("token-mean", "seq-mean-token-mean"):
         problems.append(f"--loss-agg {cfg.loss_agg!r}: must be token-mean or seq-mean-token-mean")
     if cfg.resume and cfg.overwrite:
@@ -235,7 +255,8 @@ def run_settings(given: dict) -> dict:
     path = Path(given.get("out_dir", Config.out_dir)) / "config.json"
     if not given.get("eval_only") or not path.exists():
         return {}
-    skip = {"out_dir", "eval_only", "checkpoint", "resume", "overwrite", "plot", "recipe"}
+    skip = {"out_dir", "eval_only", "checkpoint", "resume", "overwrite", "plot", "recipe",
+            "precision", "attention"}  # the last two describe the machine, not the run
     return {k: v for k, v in json.loads(path.read_text()).items()
             if k in {f.name for f in dataclasses.fields(Config)} - skip}
 
@@ -264,25 +285,67 @@ def parse_config(argv=None) -> Config:
 # -----------------------------------------------------------------------------
 # Distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK) and small collectives
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Without torchrun: rank 0 of 1, no process group."""
+WAIT_GROUP = None  # a gloo group for the long waits (gathers of Python objects, barriers): see below
+
+
+def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Without torchrun: rank 0 of 1, no process group.
+
+    Two timeouts. The default group (NCCL between GPUs, gloo on CPU) carries the tensor collectives
+    inside a step, where every rank arrives within seconds: --collective-timeout-min (NCCL's own
+    default, 10 min). The waits that last as long as the slowest rank's rollout, evaluation or
+    checkpoint save (a paper-length round is hours, ranks differ by many minutes) meet on a second,
+    gloo group with --dist-timeout-min: an NCCL collective must never sit in such a wait, its
+    watchdog would abort the job.
+    """
+    global WAIT_GROUP
+    from datetime import timedelta
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if cuda else "cpu")
     local = int(os.environ.get("LOCAL_RANK", 0))
     if cuda:
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if cuda else "gloo")  # NCCL between GPUs, gloo on CPU
+    dist.init_process_group("nccl" if cuda else "gloo",
+                            timeout=timedelta(minutes=cfg.collective_timeout_min))
+    WAIT_GROUP = dist.new_group(backend="gloo", timeout=timedelta(minutes=cfg.dist_timeout_min))
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
 
 
 def gather(obj) -> list:
-    """Every rank's `obj`, in rank order, on every rank (small Python objects only)."""
+    """Every rank's `obj`, in rank order, on every rank (small Python objects only). On the gloo
+    wait group: the ranks may arrive hours apart (after their rollouts)."""
     if not dist.is_initialized():
         return [obj]
     out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=WAIT_GROUP)
     return out
+
+
+def wait_for_all():
+    """A barrier on the gloo wait group (a rank may be saving a checkpoint for minutes)."""
+    if dist.is_initialized():
+        dist.barrier(group=WAIT_GROUP)
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> Config:
+    """--precision auto -> bf16 on CUDA, fp32 on CPU; --attention auto -> flash or torch
+    (attention.choose, said once). Exit 2 with one line when flash is forced and does not import."""
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    try:
+        path = attention.choose(cfg.attention, device, half=precision == "bf16")
+    except ValueError as e:
+        print(f"error: --attention {cfg.attention}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return dataclasses.replace(cfg, precision=precision, attention=path)
+
+
+def seconds_since(t0: float, device: torch.device) -> float:
+    """Wall seconds since t0 once the GPU has finished its queued work (CUDA kernels run
+    asynchronously: without the synchronize, a timing measures the launches, not the work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def all_reduce_list(xs: list, device: torch.device, op=None) -> list:
@@ -371,7 +434,7 @@ def sample_and_score(model, tok, samples, prompt_ids, cfg: Config, eos_ids, seed
     t0 = time.perf_counter()
     out = rollout.generate(model, prompt_ids, n, max_new, temperature=temperature, top_p=top_p,
                            top_k=cfg.top_k, eos_token_ids=eos_ids, pad_token_id=tok.pad_token_id,
-                           seed=seed, kv_budget_tokens=cfg.kv_budget_tokens or None)
+                           seed=seed, kv_budget_tokens=cfg.kv_budget_tokens or None, attention=cfg.attention)
     t1 = time.perf_counter()
     texts = [tok.decode(out.tokens[i][out.mask[i]].tolist(), skip_special_tokens=True)
              for i in range(out.tokens.shape[0])]
@@ -499,15 +562,18 @@ class Trainer:
         """What the forward with gradient goes through."""
         return self.wrapped
 
+    bf16: bool = False        # --precision bf16: float32 master weights, bf16 autocast
+
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        """bf16 autocast over the float32 master weights (CUDA, or CPU to run the GPU's numerics)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
 
 def forward_fns(cfg: Config):
     """(training forward, micro-batch planner): the shared-prefix pair runs a group's prompt once,
-    the per-row pair G times (issue 10; the per-row one stays as the reference)."""
+    the per-row pair G times (the per-row one stays as the reference)."""
     if cfg.shared_prefix:
-        return policy.forward_logprobs_shared, policy.shared_micro_batches
+        return partial(policy.forward_logprobs_shared, attention=cfg.attention), policy.shared_micro_batches
     return policy.forward_logprobs, policy.micro_batches
 
 
@@ -650,7 +716,9 @@ def optimizer_step(tr: Trainer, cfg: Config, bad: float) -> tuple[float, bool, f
                   "the run is very likely diverging, check --lr", flush=True)
         tr.optimizer.step()
     tr.state_bytes = policy.local_state_bytes(tr.net, tr.optimizer)  # before the grads are freed
-    tr.optimizer.zero_grad(set_to_none=True)
+    # DDP: keep the gradients (zeroed) in its all-reduce buckets; freed, the next no_sync micro-batch
+    # would allocate them outside the buckets, a second copy of the gradients during accumulation
+    tr.optimizer.zero_grad(set_to_none=not isinstance(tr.wrapped, nn.parallel.DistributedDataParallel))
     return float(norm), bool(bad or blowup), ratio
 
 
@@ -841,6 +909,24 @@ def prepare_data(cfg: Config, tok, rank: int, world: int, log) -> tuple[list, in
     return train_set, dropped, eval_set, eval_ids
 
 
+def check_positions(model_path: str, cfg: Config):
+    """Exit 2 before the weights load when a prompt + its response can be longer than the model's
+    position range (config.json's max_position_embeddings): RoPE past it is untrained, and the run
+    would only show it as bad rewards. The fix is the model's rope_scaling (e.g. YaRN), set in its
+    config.json together with max_position_embeddings, as its model card describes."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None)
+    longest = cfg.max_prompt_tokens + max(cfg.max_new_tokens, cfg.eval_max_new_tokens)
+    if limit and longest > limit:
+        print(f"error: --max-prompt-tokens {cfg.max_prompt_tokens} + --max-new-tokens "
+              f"{max(cfg.max_new_tokens, cfg.eval_max_new_tokens)} = {longest} positions, but {model_path} has "
+              f"max_position_embeddings {limit}: extend it with rope_scaling in the model's config.json "
+              f"(e.g. YaRN, factor {math.ceil(longest / limit)}) or lower the two limits",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def load_policy(cfg: Config, ckpt, rank: int, device, log):
     """(tokenizer, trainer model, sampler, frozen reference or None, EOS ids). Rank 0 converts the
     embedded default once, the others wait."""
@@ -848,28 +934,31 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
     if not cfg.model and rank == 0:
         policy.embedded_model_dir()
     if dist.is_initialized():
-        dist.barrier()
+        wait_for_all()
     base = cfg.model or str(policy.embedded_model_dir())
     tok = AutoTokenizer.from_pretrained(str(ckpt or base), trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = policy.load_model(str(ckpt or base), device, cfg.trust_remote_code, log)
+    check_positions(str(ckpt or base), cfg)  # before the weights load: exit 2 if the run cannot fit
+    flash_per_row = cfg.attention == "flash" and not cfg.shared_prefix
+    model = policy.load_model(str(ckpt or base), device, cfg.trust_remote_code, log, flash=flash_per_row)
     checkpoint.check_saveable(model, log)  # now, not after training (issue 15 item 3)
     eos_ids = policy.eos_token_ids(tok, model)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()  # non-reentrant: works under DDP
     model.train()
-    # The sampler: on CUDA a bf16 copy of the weights (as verl's vLLM keeps its own), synced after each
-    # update; flash-attn kernels need bf16 and the trainer keeps float32 master weights. On CPU the
-    # sampler is the model itself, except under fsdp (a sharded model cannot generate alone): a float32
-    # copy. Their numeric mismatch is what the rollout IS weights correct.
-    if device.type == "cuda" or sharded(cfg):
-        sampler = policy.make_sampler(model, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    # The sampler: in bf16 (CUDA's default) a bf16 copy of the weights (as verl's vLLM keeps its own),
+    # synced after each update; flash-attn kernels need bf16 and the trainer keeps float32 master
+    # weights. In fp32 the sampler is the model itself, except under fsdp (a sharded model cannot
+    # generate alone): a float32 copy. Their numeric mismatch is what the rollout IS weights correct.
+    if cfg.precision == "bf16" or sharded(cfg):
+        sampler = policy.make_sampler(model, torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
     else:
         sampler = model
     ref = None
     if cfg.kl_coef > 0 and not cfg.eval_only:
-        ref_lm = policy.load_model(base, device, cfg.trust_remote_code, log).eval().requires_grad_(False)
+        ref_lm = policy.load_model(base, device, cfg.trust_remote_code, log,
+                                   flash=flash_per_row).eval().requires_grad_(False)
         ref = policy.Policy(ref_lm, cfg.temperature, cfg.logprob_chunk)
     return tok, model, sampler, ref, eos_ids
 
@@ -883,11 +972,14 @@ def make_trainer(model, cfg: Config, world: int, device, log=print) -> Trainer:
     """DDP or FSDP2 around the policy when world > 1 (policy.wrap), then AdamW (under fsdp it must
     see the sharded parameters) with linear warmup then constant."""
     net = policy.Policy(model, cfg.temperature, cfg.logprob_chunk)
-    wrapped = policy.wrap(net, cfg.shard, device, world, log)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    wrapped = policy.wrap(net, cfg.shard, device, world, log, bf16=cfg.precision == "bf16")
+    # fused on CUDA: one kernel per parameter group, without the foreach implementation's temporary
+    # copies of every moment (+4 bytes per parameter at the step, 16 GB at 4B)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
     warm = max(cfg.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
-    return Trainer(net, wrapped, optimizer, scheduler, world, device)
+    return Trainer(net, wrapped, optimizer, scheduler, world, device, bf16=cfg.precision == "bf16")
 
 
 # -----------------------------------------------------------------------------
@@ -968,7 +1060,7 @@ def train_step(tr: Trainer, batch: Batch, adv: torch.Tensor, ref, sampler, model
     if not batch.kept:
         return {}
     # the shared-prefix attention stays selected through backward: checkpointing recomputes
-    with policy.shared_prefix_setting(model) if cfg.shared_prefix else nullcontext():
+    with attention.setting(model) if cfg.shared_prefix else nullcontext():
         m = update(tr, batch.mine, adv[batch.my_pos], ref, cfg, pad_id)
     sync_sampler(sampler, model)
     return m
@@ -986,8 +1078,7 @@ def save_step(step: int, cfg: Config, tr: Trainer, model, tok, batches, rank: in
         whole = tr.optimizer if cfg.save_optimizer and not sharded(cfg) else None
         checkpoint.save_checkpoint(out_dir, step, model, tok, whole, tr.scheduler, batches,
                                    cfg.keep_last, rngs, weights, optim_dir)
-    if dist.is_initialized():
-        dist.barrier()
+    wait_for_all()  # rank 0 may write for minutes
 
 
 def finish_run(cfg: Config, start: int, seconds: float, log):
@@ -1005,7 +1096,12 @@ def finish_run(cfg: Config, start: int, seconds: float, log):
 def main(argv=None):
     """Train (or evaluate, or only plot) as the config says; returns the Hugging Face model."""
     cfg = parse_config(argv)
-    rank, world, device = setup_distributed()
+    # CUDA's caching allocator: expandable segments let freed blocks of the rollout's KV cache and the
+    # update's activations be reused across phases of different shapes instead of fragmenting
+    # (set before the first CUDA allocation; a value the user set wins)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    rank, world, device = setup_distributed(cfg)
+    cfg = resolve_precision(cfg, device)
     log = print if rank == 0 else (lambda *a, **k: None)
     out_dir, t_start = Path(cfg.out_dir), time.perf_counter()
     if checkpoint.plot_only(cfg, out_dir):
@@ -1050,8 +1146,8 @@ def main(argv=None):
         if not batch.kept:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
                 "(no learning signal); no update this step")
-        m.update(speed_metrics(batch, batch.mine, time.perf_counter() - t_update, device))
-        m["step_s"] = time.perf_counter() - t_step
+        m.update(speed_metrics(batch, batch.mine, seconds_since(t_update, device), device))
+        m["step_s"] = seconds_since(t_step, device)
         if cfg.eval_every and step % cfg.eval_every == 0:
             m.update(evaluate_and_log(step, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log))
         if rank == 0:
