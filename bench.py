@@ -1,7 +1,8 @@
 """Performance claims, each measured side by side with the obvious alternative in one run.
 
     python bench.py                    # every section
-    python bench.py --only rewards     # one section: rewards, rollout, logprobs, prefix, learn
+    python bench.py --only rewards     # one section: rewards, rollout, logprobs, prefix, learn, gpu
+    python bench.py --only gpu         # the prepared check on a lent GPU (says so and returns on CPU)
     python bench.py --only rewards,logprobs   # several (or --only rewards --only logprobs)
 
 Each section prints a small table and the ratio fast/plain. Numbers depend on the machine: the README
@@ -345,8 +346,82 @@ def bench_learn(args):
     print("per-step reward: " + " ".join(f"{x:.2f}" for x in r))
 
 
+# -----------------------------------------------------------------------------
+# gpu: the prepared check for a lent GPU (one command, a few minutes, no network)
+
+def bench_gpu(args):
+    """On one CUDA GPU: the CUDA-only tests, a 3-step default run in bf16 with its peak memory against
+    policy.memory_estimate, and rollout.generate against model.generate at a long prompt (decode
+    tokens/s). Says which attention kernels ran (flash-attn when it imports, else torch's SDPA).
+    Without CUDA it says so and returns."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    if not torch.cuda.is_available():
+        print("no CUDA device: this section runs on a GPU node (python bench.py --only gpu)")
+        return
+    import attention
+    fa = attention.flash_attn_module()
+    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}, "
+          f"flash_attn {getattr(fa, '__version__', 'imports') if fa else 'does not import: torch SDPA kernels'}")
+    t = time.perf_counter()
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "test_gpu_path.py", "-k", "cuda_device"],
+                           capture_output=True, text=True)
+    print(f"CUDA-only tests ({time.perf_counter() - t:.0f} s): " + (tests.stdout.strip().splitlines() or ["?"])[-1])
+    out = Path(tempfile.mkdtemp(prefix="golongrl-gpu-"))
+    t = time.perf_counter()
+    run = subprocess.run([sys.executable, "train.py", "--steps", "3", "--out-dir", str(out)],
+                         capture_output=True, text=True)
+    print(f"default run, 3 steps, bf16: exit {run.returncode} in {time.perf_counter() - t:.0f} s; "
+          + next((line for line in run.stdout.splitlines() if line.startswith("attention kernels")), ""))
+    if run.returncode == 0:
+        import policy
+        import train
+        m = [json.loads(line) for line in open(out / "metrics.jsonl")]
+        cfg = train.Config(**{k: v for k, v in json.load(open(out / "config.json")).items()
+                              if k in train.Config.__dataclass_fields__})
+        from transformers import AutoConfig
+        mc = AutoConfig.from_pretrained(policy.embedded_model_dir())
+        n = sum(p.numel() for p in policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu")).parameters())
+        est = policy.memory_estimate(n, mc, policy.wave_kv_positions(cfg, 1))
+        print(f"peak allocated per step (GiB): {[round(x['peak_mem_gib'], 2) for x in m]}; estimate before "
+              f"activations {est['total'] / 2**30:.2f} GiB; update tokens/s {[round(x.get('update_tokens_per_s', 0)) for x in m]}")
+    else:
+        print(run.stderr[-2000:])
+    # rollout vs model.generate, SmolLM2 in bf16 on the GPU, one long prompt, n = 8
+    import policy
+    import rollout
+    model = policy.make_sampler(policy.load_model(str(policy.embedded_model_dir()), torch.device("cuda")))
+    for P in (2048, 8000):
+        prompt = torch.randint(10, model.config.vocab_size, (P,), generator=torch.Generator().manual_seed(0)).tolist()
+        n, new = 8, 128
+        kw = dict(temperature=1.0, eos_token_ids=[model.config.vocab_size + 1], pad_token_id=0, seed=0)
+        rollout.generate(model, [prompt[:64]], n, 4, **kw)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        ro = rollout.generate(model, [prompt], n, new, **kw)
+        torch.cuda.synchronize()
+        ours, ours_mem = time.perf_counter() - t, torch.cuda.max_memory_allocated()
+        x = torch.tensor([prompt], device="cuda")
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        with torch.no_grad():
+            model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, num_return_sequences=n,
+                           max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+        torch.cuda.synchronize()
+        hf, hf_mem = time.perf_counter() - t, torch.cuda.max_memory_allocated()
+        print(f"rollout prompt {P} x n={n} x {new} new ({ro.stats['attention']}): {ours:.2f} s, decode "
+              f"{ro.stats['generated_tokens'] / max(ro.stats['decode_s'], 1e-9):.0f} tok/s, peak {ours_mem / 2**30:.2f} GiB"
+              f" | model.generate (sdpa): {hf:.2f} s, peak {hf_mem / 2**30:.2f} GiB | x{hf / ours:.1f} faster")
+
+
 SECTIONS = {"rewards": bench_rewards, "rollout": bench_rollout, "logprobs": bench_logprobs,
-            "prefix": bench_prefix, "learn": bench_learn}
+            "prefix": bench_prefix, "learn": bench_learn, "gpu": bench_gpu}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

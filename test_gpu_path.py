@@ -215,3 +215,46 @@ def test_ddp_keeps_gradients_in_its_buckets_across_steps(tiny, tmp_path):
             assert all(g is not None and not g.any() for g in grads)
     finally:
         dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# On a GPU only (bench.py --only gpu runs these): the real kernels, whichever imports
+
+cuda_device = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda_device
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_cuda_device_training_forward_backward_bf16(family):
+    """The first update's forward and backward on CUDA under bf16 autocast, with flash-attn when it
+    imports (else torch's SDPA), as close to the float32 per-row reference as bf16 allows."""
+    import attention
+    from test_policy import make_model, make_rows, policy_loss
+    dev = torch.device("cuda")
+    net = policy.Policy(make_model(family).to(dev).train(), temperature=1.0, chunk=16)
+    rows = make_rows(64, prompt_lens=[300, 40], group_sizes=[4, 3], T=24)
+    mb = list(range(len(rows.prompts)))
+    path = attention.choose("auto", dev, half=True)
+    want = policy.forward_logprobs(net, rows, mb, 0, dev).detach()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        lp = policy.forward_logprobs_shared(net, rows, mb, 0, dev, attention=path)
+        loss = policy_loss(lp, rows, mb)
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
+    assert float((lp.detach() - want)[rows.mask.to(dev)].abs().max()) < 0.5
+
+
+@cuda_device
+def test_cuda_device_rollout_bf16_matches_teacher_forcing():
+    import rollout
+    from conftest import tiny_llama
+    from test_rollout import teacher_forced_logprobs
+    model32 = tiny_llama(vocab_size=64, initializer_range=0.3).cuda()
+    model = policy.make_sampler(model32)
+    prompts = [list(range(3, 40)), list(range(5, 12))]
+    ro = rollout.generate(model, prompts, 4, 16, temperature=0, eos_token_ids=2, pad_token_id=0)
+    for r in range(8):
+        L = int(ro.lengths[r])
+        ref = teacher_forced_logprobs(model32.cpu(), prompts[r // 4], ro.tokens[r, :L].tolist(), 1.0)
+        model32.cuda()
+        assert float((ro.logprobs[r, :L].cpu() - ref).abs().max()) < 0.1
