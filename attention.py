@@ -375,8 +375,8 @@ ROLLOUT_KERNELS = {("prefill", "torch"): prefill_torch, ("prefill", "flash"): pr
 # prompt's keys/values. Both kernels hand r_j the keys [prompt, r_j] as one contiguous block: a
 # gather (flash: index_select over the packed sequence; torch: a cat per response), a per-layer
 # transient of the prompt's K/V once per response, whose backward sums every response's gradient
-# into the prompt's K/V. That sum runs in float32: the gather reads the float32 K/V and the cast
-# to the kernel's dtype comes after it.
+# into the prompt's K/V. That sum runs in float32 (GatherSumFloat32; the torch kernel's cat of
+# float32 slices does the same), while the gathered copy stays in the kernel's dtype.
 
 class PackedGroups:
     """Layout of one packed micro-batch [prompt_1, r_11..r_1k, prompt_2, r_21.., ...] (batch 1, S tokens)
@@ -433,6 +433,27 @@ def packed_torch(lay: PackedGroups, q, k, v, scale):
     return torch.cat(out, 2).transpose(1, 2)  # [1, S, H, D]
 
 
+class GatherSumFloat32(torch.autograd.Function):
+    """x.index_select(0, idx) in `dtype`, whose backward sums the gradients of rows gathered more than
+    once (the prompt's K/V, once per response) in float32, chunk by chunk: the gathered copy stays
+    in the kernel's dtype (bf16: 4 KB per token at 8 kv heads of 128, not 8), and the sum of G
+    responses' gradients is not rounded to bf16 at every addition."""
+
+    @staticmethod
+    def forward(ctx, x, idx, dtype):
+        ctx.save_for_backward(idx)
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return x.to(dtype).index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, grad, chunk: int = 1 << 16):
+        idx, = ctx.saved_tensors
+        out = torch.zeros(ctx.shape, dtype=torch.float32, device=grad.device)
+        for s in range(0, len(idx), chunk):  # a float32 copy of one chunk of the gradient at a time
+            out.index_add_(0, idx[s:s + chunk], grad[s:s + chunk].float())
+        return out.to(ctx.dtype), None, None
+
+
 def packed_flash(lay: PackedGroups, q, k, v, scale):
     """flash-attn kernel: prompts causal (varlen), responses over gathered [prompt, own] keys."""
     from flash_attn import flash_attn_varlen_func
@@ -442,9 +463,9 @@ def packed_flash(lay: PackedGroups, q, k, v, scale):
     outs = [flash_attn_varlen_func(qp, kp, vp, lay.cu_p, lay.cu_p, lay.max_p, lay.max_p,
                                    softmax_scale=scale, causal=True)]              # [sum P, H, D]
     if lay.resp_idx.numel():
-        # gather in float32, then cast: the backward's index_add sums G responses' gradients in float32
-        qr, kr, vr = to_flash_dtype(q.index_select(0, lay.resp_idx), k.float().index_select(0, lay.key_idx),
-                                    v.float().index_select(0, lay.key_idx))
+        qr, = to_flash_dtype(q.index_select(0, lay.resp_idx))
+        kr = GatherSumFloat32.apply(k, lay.key_idx, qr.dtype)  # [sum_j (P + r_j), Hkv, D]
+        vr = GatherSumFloat32.apply(v, lay.key_idx, qr.dtype)
         outs.append(flash_attn_varlen_func(qr, kr, vr, lay.cu_rq, lay.cu_rk, lay.max_rq, lay.max_rk,
                                            softmax_scale=scale, causal=True))
         # ^ causal = bottom-right: query t of r_j sees the P prompt keys and its own keys 0..t

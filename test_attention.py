@@ -289,3 +289,17 @@ def test_keep_rows_compacts_layer_by_layer():
         cache.keep_rows(torch.tensor([True, False, True, True]))
     gen_selects = mode.alive[:2 * layers]
     assert gen_selects == list(range(2 * layers, 0, -1)), gen_selects
+
+
+def test_gather_sums_repeated_rows_in_float32():
+    """The prompt's K/V gradient is the sum of its G responses' gradients: in float32, not bf16."""
+    x = torch.zeros(3, 2, requires_grad=True)
+    idx = torch.tensor([0, 0, 0, 0, 2])
+    y = attention.GatherSumFloat32.apply(x, idx, BF16)
+    assert y.dtype == BF16 and y.shape == (5, 2)
+    g = torch.tensor([[256.0, 1.0]] * 4 + [[1.0, 1.0]], dtype=BF16)  # 256 + 1 + 1 + 1 is 259, not 256
+    y.backward(g)
+    assert x.grad.dtype == torch.float32 and x.grad[0].tolist() == [1024.0, 4.0]
+    naive = torch.zeros(3, 2, dtype=BF16).index_add_(0, idx[:4], torch.tensor([[256.0, 1.0], [1.0, 1.0]] * 2,
+                                                                                 dtype=BF16))
+    assert float(naive[0, 0]) != 514.0  # bf16 addition loses the small terms the float32 sum keeps

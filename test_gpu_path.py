@@ -188,9 +188,17 @@ def test_positions_beyond_the_model_are_refused_before_loading(tiny, capsys):
     assert e.value.code == 2 and "rope_scaling" in capsys.readouterr().err
 
 
-def test_paper_recipe_fits_a_whole_group_in_one_micro_batch():
+def test_paper_recipe_packs_half_a_group_per_micro_batch():
+    """The recipe's longest prompt with 8 of its 16 longest responses in one micro-batch: a group is
+    two sub-groups, its prompt run twice (not 16 times, as with a micro-batch smaller than a prompt
+    plus two responses)."""
     p = train.PAPER
-    assert p["micro_batch_tokens"] >= p["max_prompt_tokens"] + p["group_size"] * p["max_new_tokens"]
+    P, G, R = p["max_prompt_tokens"], p["group_size"], p["max_new_tokens"]
+    rows = type("Rows", (), {})()
+    rows.prompts = [[1] * P] * G
+    rows.mask = torch.ones(G, R, dtype=torch.bool)
+    mbs = policy.shared_micro_batches(rows, list(range(G)), p["micro_batch_tokens"])
+    assert [len(mb) for mb in mbs] == [8, 8]
 
 
 def test_ddp_keeps_gradients_in_its_buckets_across_steps(tiny, tmp_path):

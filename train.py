@@ -145,9 +145,10 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              gen_prompts=512, max_gen_rounds=4, clip_low=0.2, clip_high=0.28, dual_clip=3.0,
              temperature=1.0, top_p=1.0, top_k=0, max_prompt_tokens=163_840, max_new_tokens=16_384,
              require_think=True, advantage="tmn_reweight", alpha=0.8,
-             # a whole group in one shared-prefix micro-batch: the longest prompt + G x max_new
-             # (smaller would split a group into sub-groups that each run the prompt again)
-             micro_batch_tokens=163_840 + 16 * 16_384,
+             # a group in two shared-prefix micro-batches of 8 responses each, the prompt run once in
+             # each: the largest that fits a 141 GB GPU under fsdp (README: Memory); the whole group,
+             # 163,840 + 16 x 16,384, would need ~170 GB
+             micro_batch_tokens=163_840 + 8 * 16_384,
              # KV positions per generation wave: the recipe's largest prompt with its G x max_new rows
              # (rollout.wave_kv_tokens), so that prompt fits a wave of its own: 163,840 + 16 x 16,384
              kv_budget_tokens=163_840 + 16 * 16_384)
