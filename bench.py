@@ -229,7 +229,6 @@ def bench_logprobs(args):
 
 PREFIX_WORKER = """
 import gc, json, sys, time, torch
-from contextlib import nullcontext
 from types import SimpleNamespace
 sys.path.insert(0, {root!r})
 import attention, grpo, policy
@@ -253,7 +252,7 @@ def group(p, r):  # one prompt of p tokens, G responses of r tokens (random ids:
                            mask=torch.ones(G, r, dtype=torch.bool))
 
 def step(rows):  # train.update's work for one micro-batch holding the whole group
-    with attention.setting(lm) if WAY == "shared" else nullcontext():
+    with attention.setting(lm):  # both ways: checkpointing's recompute runs in it too
         lp = forward(net, rows, list(range(G)), 0, torch.device("cpu"))
         loss, _ = grpo.policy_loss(lp, lp.detach(), torch.linspace(-1, 1, G), rows.mask, 0.2, 0.28, 3.0,
                                    None, "token-mean", num_tokens=int(rows.mask.sum()))

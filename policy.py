@@ -78,26 +78,13 @@ def embedded_model_dir(cache: Path = CACHE) -> Path:
     return out
 
 
-def load_model(path: str, device: torch.device, trust_remote_code: bool = False, log=print,
-               flash: bool = False):
-    """float32 master weights (bf16 compute comes from autocast). flash=True: the per-row training
-    forward (--no-shared-prefix) runs transformers' flash_attention_2 when it accepts the installed
-    flash-attn, else sdpa (said). The shared-prefix forward and the rollout use attention.py instead."""
+def load_model(path: str, device: torch.device, trust_remote_code: bool = False):
+    """float32 master weights (bf16 compute comes from autocast). Loaded with SDPA attention; every
+    forward of this project runs inside attention.setting, which replaces it (flash-attn or SDPA
+    without dense masks, attention.choose decides once per run)."""
     from transformers import AutoModelForCausalLM
-
-    def load(attn):  # a fresh from_pretrained each time: a failed attempt mutates its config
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
-                                                    trust_remote_code=trust_remote_code)
-    attn = "sdpa"
-    if flash:
-        try:
-            model, attn = load("flash_attention_2"), "flash_attention_2"
-        except (ImportError, ValueError, RuntimeError) as e:
-            log(f"per-row training attention: transformers refuses flash_attention_2 ({str(e)[:120]}); sdpa")
-            model = load("sdpa")
-    else:
-        model = load("sdpa")
-    return model.to(device)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
+                                                trust_remote_code=trust_remote_code).to(device)
 
 
 @torch.no_grad()
@@ -156,6 +143,17 @@ class Policy(nn.Module):
         return grpo.token_logprobs(hidden[rows, cols], weight, targets, self.temperature, self.chunk)
 
 
+def require_setting(lm):
+    """With gradient checkpointing, forward AND backward must run inside attention.setting(lm): the
+    backward recomputes each layer and looks its attention function up by name again, and outside
+    the setting that is the model's own attention (other saved tensors, wrong gradients)."""
+    if (torch.is_grad_enabled() and lm.training and lm.is_activation_checkpointing
+            and lm.config._attn_implementation != ATTN_NAME):
+        raise RuntimeError("a training forward with gradient checkpointing: wrap forward AND backward in "
+                           "attention.setting(lm), or the backward's recompute runs the model's own "
+                           "attention (wrong gradients)")
+
+
 def micro_batches(rows, idx: list, budget: int) -> list:
     """Split row indices into micro-batches of at most `budget` padded tokens (at least one row)."""
     out, cur, width = [], [], 0
@@ -176,6 +174,8 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
     token t of a row whose prompt has p tokens.
     """
     T = rows.tokens.shape[1]
+    lm = getattr(policy, "module", policy).lm  # policy may be DDP-wrapped
+    require_setting(lm)
     seqs, lens = [], []
     for i in mb:
         r = int(rows.mask[i].sum())
@@ -190,7 +190,9 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
     t_idx = torch.cat([torch.arange(r) for p, r in lens])                       # [N] response pos
     cols = torch.cat([torch.arange(p - 1, p - 1 + r) for p, r in lens])          # [N] predicting pos
     targets = rows.tokens[mb][b_idx, t_idx]
-    lp = policy(ids.to(device), att.to(device), b_idx.to(device), cols.to(device), targets.to(device))
+    with attention_setting(lm):  # rows are right-padded: causal attention is exact where it matters,
+        # and no [L, L] padding mask is built (on CUDA a dense mask sends SDPA to its O(L^2) kernel)
+        lp = policy(ids.to(device), att.to(device), b_idx.to(device), cols.to(device), targets.to(device))
     out = torch.zeros(len(mb), T, dtype=lp.dtype, device=device)
     return out.index_put((b_idx.to(device), t_idx.to(device)), lp)              # [b, T]
 
@@ -247,11 +249,7 @@ def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attenti
     attention: the kernels, 'torch' or 'flash' (attention.choose decides once per run).
     """
     lm = getattr(policy, "module", policy).lm  # policy may be DDP-wrapped
-    if (torch.is_grad_enabled() and lm.training and lm.is_activation_checkpointing
-            and lm.config._attn_implementation != ATTN_NAME):
-        raise RuntimeError("shared-prefix forward with gradient checkpointing: wrap forward AND backward "
-                           "in attention.setting(lm), or the backward's recompute runs the "
-                           "model's own attention over the packed sequence (wrong gradients)")
+    require_setting(lm)
     if attention not in ("torch", "flash"):
         raise ValueError(f"attention must be 'torch' or 'flash' (attention.choose picks it), got {attention!r}")
     T = rows.tokens.shape[1]
@@ -519,6 +517,52 @@ def gb_per_gpu(params: int, shard: str, world: int, accumulate: bool) -> dict:
     return {"states": (m["weights"] + m["grads"] + m["adamw"]) / 1e9, "sampler": m["sampler"] / 1e9,
             "accumulation": m["accumulation"] / 1e9, "total": m["total"] / 1e9}
 
+def phase_memory(name: str, world: int, shard: str, prompt: int, responses: int, resp_len: int,
+                 per_micro: int, vocab: int = 151_936, logprob_chunk: int = 1024) -> dict:
+    """GB per GPU at the peak of each phase of a step, transients included, for a Qwen3 size (QWEN3)
+    on `world` GPUs in bf16 (--precision bf16), by arithmetic. One rollout wave = one prompt of
+    `prompt` tokens x `responses` rows of `resp_len`; the update packs `per_micro` responses with
+    their prompt into one micro-batch (shared prefix, gradient checkpointing, flash-attn).
+
+    rollout: states (16P, /world under fsdp) + sampler 2P + the wave's KV cache + keep_rows's
+             one-layer compaction copy + the decode step's [rows, vocab] float32 logits (x3: logits,
+             their scaled copy, the sampling prefix sums). FSDP's unsharded gradients are freed.
+    update : states + sampler (resident) + fsdp's unsharded float32 gradients between micro-batches
+             (4P) + checkpointed layer inputs (S tokens x hidden x layers, bf16 under fsdp, float32
+             residual under ddp's autocast) + one layer's recompute, activations and their gradients
+             (~2 x (5 hidden + 4 MLP) bf16 values per token) + the flash gather of the prompt's K/V per
+             response (bf16) with its float32 gradient sum + two bf16 layers gathered by FSDP + the
+             log-prob chunk's [chunk, vocab] float32 (x2 in backward). Fused AdamW adds nothing.
+    """
+    h, L, heads, kv, inter, tied = QWEN3[name]
+    P = qwen3_params(name)
+    shard_div = world if shard == "fsdp" else 1
+    states = 16 * P / shard_div
+    sampler = 2 * P
+    kv_token = 2 * L * kv * 128 * 2                     # bf16 K and V, all layers, one position
+    wave = prompt + responses * resp_len
+    rows = responses
+    rollout = {"states": states, "sampler": sampler, "kv_cache": kv_token * wave,
+               "keep_rows copy": kv_token * responses * resp_len / L,
+               "decode logits": 3 * rows * vocab * 4}
+    S = prompt + per_micro * resp_len                     # tokens of one packed micro-batch
+    act_bytes = 2 if shard == "fsdp" else 4
+    gathered = per_micro * prompt + per_micro * resp_len  # keys handed to the responses' flash call
+    layer_params = (P - vocab * h * (1 if tied else 2)) / L
+    update = {"states": states, "sampler": sampler,
+              "unsharded grads": 4 * P if shard == "fsdp" else 0,
+              "checkpointed inputs": S * h * L * act_bytes,
+              "layer recompute": 2 * S * (5 * h + 4 * inter) * 2,
+              "prompt K/V gather": gathered * kv * 128 * 2 * 2 + S * kv * 128 * 2 * 4,
+              "fsdp gathered layers": 2 * layer_params * 2 if shard == "fsdp" else 0,
+              "log-prob chunk": 2 * logprob_chunk * vocab * 4}
+    out = {}
+    for phase, parts in (("rollout", rollout), ("update", update)):
+        out[phase] = {k: v / 1e9 for k, v in parts.items()}
+        out[phase]["total"] = sum(parts.values()) / 1e9
+    return out
+
+
 if __name__ == "__main__":
     print("| model | params | 1 GPU | ddp N=8 / 16 | fsdp N=8 | fsdp N=16 | fsdp N=8, accumulating | "
           "fsdp N=16, accumulating |")
@@ -528,3 +572,11 @@ if __name__ == "__main__":
         cells = [gb_per_gpu(P, "ddp", 1, False), gb_per_gpu(P, "ddp", 8, False)]
         cells += [gb_per_gpu(P, "fsdp", n, acc) for acc in (False, True) for n in (8, 16)]
         print(f"| {name} | {P / 1e9:.2f}B | " + " | ".join(f"{c['total']:.1f}" for c in cells) + " |")
+    print("\nQwen3-4B, 8 GPUs, fsdp, bf16, the paper's sizes (prompt 163,840, 16 x 16,384), GB per GPU:")
+    for per_micro in (16, 8, 4, 1):
+        m = phase_memory("Qwen3-4B", 8, "fsdp", 163_840, 16, 16_384, per_micro)
+        print(f"  {per_micro:2d} responses per micro-batch: rollout {m['rollout']['total']:.1f}, update "
+              f"{m['update']['total']:.1f} = " + " + ".join(f"{k} {v:.1f}" for k, v in m["update"].items()
+                                                           if k != "total"))
+    m = phase_memory("Qwen3-4B", 8, "fsdp", 163_840, 16, 16_384, 8)
+    print("  rollout = " + " + ".join(f"{k} {v:.1f}" for k, v in m["rollout"].items() if k != "total"))

@@ -188,17 +188,19 @@ def test_positions_beyond_the_model_are_refused_before_loading(tiny, capsys):
     assert e.value.code == 2 and "rope_scaling" in capsys.readouterr().err
 
 
-def test_paper_recipe_packs_half_a_group_per_micro_batch():
-    """The recipe's longest prompt with 8 of its 16 longest responses in one micro-batch: a group is
-    two sub-groups, its prompt run twice (not 16 times, as with a micro-batch smaller than a prompt
-    plus two responses)."""
+def test_paper_recipe_packs_a_quarter_group_per_micro_batch_and_fits_141_gb():
+    """The recipe's longest prompt with 4 of its 16 longest responses in one micro-batch: a group is
+    four sub-groups, its prompt run 4 times (16 with a micro-batch below a prompt plus two
+    responses); by policy.phase_memory that fits a 141 GB GPU at 8 GPUs under fsdp, 8 would not."""
     p = train.PAPER
     P, G, R = p["max_prompt_tokens"], p["group_size"], p["max_new_tokens"]
     rows = type("Rows", (), {})()
     rows.prompts = [[1] * P] * G
     rows.mask = torch.ones(G, R, dtype=torch.bool)
     mbs = policy.shared_micro_batches(rows, list(range(G)), p["micro_batch_tokens"])
-    assert [len(mb) for mb in mbs] == [8, 8]
+    assert [len(mb) for mb in mbs] == [4, 4, 4, 4]
+    fits = lambda k: max(m["total"] for m in policy.phase_memory("Qwen3-4B", 8, "fsdp", P, G, R, k).values())  # noqa: E731
+    assert fits(4) < 141 < fits(8)
 
 
 def test_ddp_keeps_gradients_in_its_buckets_across_steps(tiny, tmp_path):

@@ -206,10 +206,11 @@ def test_gradient_checkpointing_needs_the_setting_through_backward():
     net = policy.Policy(lm, temperature=1.0, chunk=16)
     rows = make_rows(64, prompt_lens=[8, 5], group_sizes=[2, 3])
     mb = list(range(len(rows.prompts)))
-    with pytest.raises(RuntimeError, match="attention.setting"):
-        policy.forward_logprobs_shared(net, rows, mb, 0, CPU)
-    want = grads(net, rows, [mb], policy.forward_logprobs)
+    for forward in (policy.forward_logprobs_shared, policy.forward_logprobs):
+        with pytest.raises(RuntimeError, match="attention.setting"):
+            forward(net, rows, mb, 0, CPU)
     with attention.setting(lm):
+        want = grads(net, rows, [mb], policy.forward_logprobs)
         got = grads(net, rows, [mb], policy.forward_logprobs_shared)
     assert lm.config._attn_implementation == "sdpa"  # restored
     assert_same_grads(want, got)

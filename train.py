@@ -145,10 +145,10 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              gen_prompts=512, max_gen_rounds=4, clip_low=0.2, clip_high=0.28, dual_clip=3.0,
              temperature=1.0, top_p=1.0, top_k=0, max_prompt_tokens=163_840, max_new_tokens=16_384,
              require_think=True, advantage="tmn_reweight", alpha=0.8,
-             # a group in two shared-prefix micro-batches of 8 responses each, the prompt run once in
-             # each: the largest that fits a 141 GB GPU under fsdp (README: Memory); the whole group,
-             # 163,840 + 16 x 16,384, would need ~170 GB
-             micro_batch_tokens=163_840 + 8 * 16_384,
+             # the longest prompt with 4 of its longest responses per shared-prefix micro-batch (a
+             # group = 4 sub-groups, its prompt run 4 times, not 16): the most that fits a 141 GB GPU
+             # under fsdp at 8 GPUs, 128 GB by policy.phase_memory (8 per micro-batch: 158 GB)
+             micro_batch_tokens=163_840 + 4 * 16_384,
              # KV positions per generation wave: the recipe's largest prompt with its G x max_new rows
              # (rollout.wave_kv_tokens), so that prompt fits a wave of its own: 163,840 + 16 x 16,384
              kv_budget_tokens=163_840 + 16 * 16_384)
@@ -941,8 +941,7 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     check_positions(str(ckpt or base), cfg)  # before the weights load: exit 2 if the run cannot fit
-    flash_per_row = cfg.attention == "flash" and not cfg.shared_prefix
-    model = policy.load_model(str(ckpt or base), device, cfg.trust_remote_code, log, flash=flash_per_row)
+    model = policy.load_model(str(ckpt or base), device, cfg.trust_remote_code)
     checkpoint.check_saveable(model, log)  # now, not after training (issue 15 item 3)
     eos_ids = policy.eos_token_ids(tok, model)
     if cfg.grad_checkpointing:
@@ -958,8 +957,7 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
         sampler = model
     ref = None
     if cfg.kl_coef > 0 and not cfg.eval_only:
-        ref_lm = policy.load_model(base, device, cfg.trust_remote_code, log,
-                                   flash=flash_per_row).eval().requires_grad_(False)
+        ref_lm = policy.load_model(base, device, cfg.trust_remote_code).eval().requires_grad_(False)
         ref = policy.Policy(ref_lm, cfg.temperature, cfg.logprob_chunk)
     return tok, model, sampler, ref, eos_ids
 
@@ -1060,8 +1058,8 @@ def train_step(tr: Trainer, batch: Batch, adv: torch.Tensor, ref, sampler, model
     when the step kept no prompt: then no rank has rows, and no rank calls a collective here."""
     if not batch.kept:
         return {}
-    # the shared-prefix attention stays selected through backward: checkpointing recomputes
-    with attention.setting(model) if cfg.shared_prefix else nullcontext():
+    # our attention stays selected through backward: checkpointing recomputes each layer then
+    with attention.setting(model):
         m = update(tr, batch.mine, adv[batch.my_pos], ref, cfg, pad_id)
     sync_sampler(sampler, model)
     return m
