@@ -178,8 +178,9 @@ def test_shared_prefix_step_equals_per_row_step(tiny, tmp_path, monkeypatch):
     assert 1 in spread and max(spread) > 1, spread
     init = tiny_qwen3(seed=0).state_dict()
     assert any(not torch.equal(init[k], shared[k]) for k in shared), "the update changed nothing"
-    for k in shared:  # Adam moves each weight by ~lr = 1e-3; summation order shows as ~1e-6
-        assert torch.allclose(shared[k], per_row[k], atol=1e-5), k
+    for k in shared:  # Adam moves each weight by ~lr = 1e-3; summation order shows as ~1e-6, and up to
+        # ~2e-5 on a weight whose gradient is near 0 (Adam divides by its tiny second moment)
+        assert torch.allclose(shared[k], per_row[k], atol=5e-5), k
     m1, m2 = metrics(tmp_path / "shared")[0], metrics(tmp_path / "rows")[0]
     assert m1["reward/all/mean"] == m2["reward/all/mean"]  # same samples
     # (not ppo_kl / clipfrac: update() averages those over micro-batches, whose plans differ here)
