@@ -139,7 +139,7 @@ def test_two_steps_end_to_end(tiny, tmp_path, monkeypatch):
                 assert key.format(t) in x, (key, t)
         for key in ("difficulty/mean_pass_rate", "pg_clipfrac", "ppo_kl", "pg_clipfrac_lower",
                     "is_weight_mean", "is_zeroed_frac", "is_veto_frac", "is_mismatch_kl", "grad_norm",
-                    "rollout_s", "reward_s", "update_s", "gen_tokens_per_s", "update_tokens_per_s",
+                    "rollout_s", "reward_s", "update_s", "gen_tokens_per_s", "update_tokens_per_s", "update_row_tokens_per_s",
                     "peak_mem_gib", "kept_prompts", "lr"):
             assert key in x, key
         assert any(k.startswith("pos_adv_frac/") for k in x) and any(k.startswith("pass_rate/") for k in x)
@@ -349,3 +349,15 @@ def test_every_flag_passes_through_torchrun():
             flags += [f"--no-{f.name.replace('_', '-')}"]
     ns = get_args_parser().parse_args(["--nproc_per_node=2", "train.py", *flags])
     assert ns.training_script == "train.py" and ns.training_script_args == flags
+
+
+def test_update_tokens_count_a_shared_prompt_once_and_per_row_once_per_response():
+    """update_tokens_per_s is what the forward really runs; update_row_tokens_per_s the per-row count."""
+    p1, p2 = list(range(3, 103)), list(range(5, 105))  # two prompts of 100 tokens, 4 responses of 5
+    rows = train.Rows([p1] * 4 + [p2] * 4, torch.ones(8, 5, dtype=torch.long), torch.ones(8, 5, dtype=torch.bool),
+                      torch.zeros(8, 5), [0.0] * 8, ["t"] * 8, [1] * 4 + [2] * 4, [False] * 8, [True] * 8)
+    cfg = train.Config(micro_batch_tokens=10_000)
+    assert train.update_tokens(rows, cfg) == (2 * (100 + 4 * 5), 8 * 105)
+    # a budget that splits each group in two: every sub-group runs its prompt again
+    assert train.update_tokens(rows, train.Config(micro_batch_tokens=110))[0] == 4 * (100 + 2 * 5)
+    assert train.update_tokens(rows, train.Config(shared_prefix=False)) == (8 * 105, 8 * 105)

@@ -818,17 +818,37 @@ def step_metrics(generated: list, kept: list, adv: torch.Tensor, cfg: Config) ->
     return m
 
 
-def speed_metrics(batch: Batch, rows: Rows, update_s: float, device) -> dict:
+def update_tokens(rows: Rows, cfg: Config) -> tuple[int, int]:
+    """(tokens the update's forward actually runs, their per-row equivalent) for this rank's kept rows.
+    Per row a prompt counts once per response (what a per-row trainer such as TRL's runs); the
+    shared-prefix forward runs it once per packed group or sub-group of a micro-batch."""
+    idx = list(range(len(rows.prompts)))
+    per_row = sum(len(rows.prompts[i]) + int(rows.mask[i].sum()) for i in idx)
+    if not cfg.shared_prefix:
+        return per_row, per_row
+    run = 0
+    for k in range(cfg.mini_batches):
+        for mb in policy.shared_micro_batches(rows, idx[k::cfg.mini_batches], cfg.micro_batch_tokens):
+            run += sum(len(rows.prompts[g[0]]) + sum(int(rows.mask[i].sum()) for i in g)
+                       for g in policy.group_rows(rows, mb))
+    return run, per_row
+
+
+def speed_metrics(batch: Batch, rows: Rows, update_s: float, cfg: Config, device) -> dict:
     """Seconds per phase (slowest rank), tokens per second and peak memory of one step.
 
-    Two collectives with fixed-length lists, the same on every rank whatever its data (issue 9)."""
-    nonfinite, gen_tokens, train_tokens = all_reduce_list(
-        [batch.nonfinite, batch.gen_tokens, sum(len(p) for p in rows.prompts) + int(rows.mask.sum())], device)
+    update_tokens_per_s counts the tokens the update really runs (a shared prompt once per packed
+    group); update_row_tokens_per_s the same work counted per row (the prompt once per response),
+    comparable with per-row trainers. Two collectives with fixed-length lists, the same on every
+    rank whatever its data."""
+    run, per_row = update_tokens(rows, cfg)
+    nonfinite, gen_tokens, run, per_row = all_reduce_list([batch.nonfinite, batch.gen_tokens, run, per_row], device)
     rollout_s, reward_s, update_s = all_reduce_list(
         [batch.times["rollout_s"], batch.times["reward_s"], update_s], device, dist.ReduceOp.MAX)
     return {"nonfinite_rewards": nonfinite, "rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s,
             "gen_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
-            "update_tokens_per_s": train_tokens / max(update_s, 1e-9),
+            "update_tokens_per_s": run / max(update_s, 1e-9),
+            "update_row_tokens_per_s": per_row / max(update_s, 1e-9),
             "peak_mem_gib": (torch.cuda.max_memory_allocated() if device.type == "cuda" else
                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30}
 
@@ -1145,7 +1165,7 @@ def main(argv=None):
         if not batch.kept:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
                 "(no learning signal); no update this step")
-        m.update(speed_metrics(batch, batch.mine, seconds_since(t_update, device), device))
+        m.update(speed_metrics(batch, batch.mine, seconds_since(t_update, device), cfg, device))
         m["step_s"] = seconds_since(t_step, device)
         if cfg.eval_every and step % cfg.eval_every == 0:
             m.update(evaluate_and_log(step, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log))
