@@ -15,7 +15,7 @@ thinking off (text up to the last "</think>"), optionally applies the format gat
     exhaustive_retrieval    set_f1             list[str]
     numerical_reasoning     math_equal         str: "12", "3/4", "\\frac{\\sqrt{3}}{2}", "2\\pi", "25%", "(1, 2)", "[0, 1)"
     structured_extraction   row_iou            rows, or a JSON string / dict {"data": rows}
-    structured_matching     sub_em             list[str]
+    structured_matching     sub_em (F1)        list[str]
     graded_ranking          ndcg               list[str], best first
     sequence_ordering       pairwise_accuracy  list[str], in order
     summarization           rouge_l            str, or list[str] of references (max over them)
@@ -40,6 +40,9 @@ Where this departs from the released scorers (and why):
   * pairwise_accuracy divides by the number of *gold* pairs. The released scorer divides by the pairs of
     *predicted* lines, so printing two correct lines in order scores 1.0: a reward hole RL finds fast.
   * ROUGE-L reads only the answer after "</think>": the thinking would otherwise be scored as summary text.
+  * sub_em (structured matching) is an F1 over lines, not recall alone: the released SubEM counts the gold
+    items found among the predicted lines, so writing "k: TITLE" for every quote number and every title
+    scored 1.0. Extra lines now cost precision, as in set_f1.
   * list metrics compare whole lines (lowercased, whitespace collapsed), never substrings, and duplicate
     predicted lines count once: pasting the document, or one right line ten times, earns nothing extra.
   * summarization uses ROUGE-L as GoLongRL's recipe does (SPEC section 7); LongBench-Pro's own evaluator
@@ -207,10 +210,8 @@ def choice_accuracy(response: str, answer) -> float:
 # -----------------------------------------------------------------------------
 # List answers: set F1, SubEM, NDCG, pairwise order accuracy
 
-def set_f1(response: str, answer: list[str]) -> float:
-    """F1 between the set of predicted lines and the set of gold items (exhaustive retrieval)."""
-    gold = set(_gold_items(answer, "set_f1", distinct=False))
-    pred = set(_answer_lines(_tail(response)))
+def _line_f1(gold: set, pred: set) -> float:
+    # F1 of two sets of lines: recall alone would pay for listing every candidate line.
     hit = len(gold & pred)
     if hit == 0:
         return 0.0
@@ -218,13 +219,22 @@ def set_f1(response: str, answer: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def sub_em(response: str, answer: list[str]) -> float:
-    """Fraction of gold items that appear as a predicted line (structured matching).
+def set_f1(response: str, answer: list[str]) -> float:
+    """F1 between the set of predicted lines and the set of gold items (exhaustive retrieval)."""
+    gold = set(_gold_items(answer, "set_f1", distinct=False))
+    return _line_f1(gold, set(_answer_lines(_tail(response))))
 
+
+def sub_em(response: str, answer: list[str]) -> float:
+    """SubEM with precision (structured matching): F1 between the distinct predicted lines and the gold
+    items, so every gold line written and nothing else scores 1.0; half of them and nothing else 2/3.
+
+    The released scorer counts recall only (the fraction of gold items found as a line): writing
+    "k: TITLE" for every quote number k and every title found them all and scored 1.0. Here each extra
+    line costs precision, as in set_f1: that answer scores 2P/(P+1) with P = 1/(number of titles).
     A whole line must match, not a substring: pasting the document does not match its items."""
-    gold = _unique(_gold_items(answer, "sub_em", distinct=False))
-    pred = set(_answer_lines(_tail(response)))
-    return sum(item in pred for item in gold) / len(gold)
+    gold = set(_gold_items(answer, "sub_em", distinct=False))
+    return _line_f1(gold, set(_answer_lines(_tail(response))))
 
 
 def ndcg(response: str, answer: list[str]) -> float:

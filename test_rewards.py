@@ -190,8 +190,10 @@ def test_list_metrics_on_a_pasted_document():
 def test_sub_em():
     gold = ["red", "blue", "green", "black"]
     assert sub_em("red\nblue\ngreen\nblack", gold) == 1.0
-    assert sub_em("Blue\nRED\nwhite", gold) == 0.5
-    assert sub_em("red\nred\nred\nred", gold) == 0.25  # duplicates count once
+    # F1, not recall alone: 2 of 4 found (R = 1/2) among 3 lines (P = 2/3).
+    assert sub_em("Blue\nRED\nwhite", gold) == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
+    assert sub_em("red\nred\nred\nred", gold) == pytest.approx(0.4)  # duplicates count once: P = 1, R = 1/4
+    assert sub_em("red\nblue\ngreen\nblack\nwhite\npink", gold) == pytest.approx(0.8)  # extra lines cost
     assert sub_em("reddish\nthe blue one", gold) == 0.0  # whole lines, not substrings
     assert sub_em("", gold) == 0.0
     with pytest.raises(ValueError, match="sub_em: gold answer is an empty list"):
