@@ -188,10 +188,26 @@ def _gold_choice(answer) -> str:
     return answer
 
 
+# Option letters a hedge names: "(C)" in any case, or a bare capital A-H ("A or B"; "I" is a word).
+_OPTION = re.compile(r"\(([A-Za-z])\)|(?<![\w'])([A-H])(?![\w'])")
+# An answer line that is an option label: "B", "(B)", "**B**", "B.", "B) text", "[B]" (lines are lowercased).
+_LABEL_LINE = re.compile(r"[*(\[]*([a-z])(?:$|[).:\]*])")
+_MARKER = re.compile(r"correct answer is", re.IGNORECASE)
+
+
+def _named_letters(span: str) -> set:
+    return {(a or b).upper() for a, b in _OPTION.findall(span)}
+
+
 def choice_accuracy(response: str, answer) -> float:
     """Multiple choice (comprehension): the letter from "The correct answer is (X)", else the first
     answer line, must equal the gold letter. A gold that is not a single letter (LongBench-Pro T3/T11:
-    a list whose first item is the answer text) is compared with the first answer line instead."""
+    a list whose first item is the answer text) is compared with the first answer line instead.
+
+    An answer that names several letters scores 0 whichever is right: "The correct answer is (A), (B),
+    (C) or (D)" in the sentence after the marker, or (with no marker) two or more answer lines that are
+    option labels, such as the options copied out "(A) ...", "(B) ...". Reading the first letter named
+    gave the listing full marks whenever the gold was (A)."""
     answer = _gold_choice(answer)
     text = _tail(response)
     lines = _answer_lines(text)
@@ -199,11 +215,20 @@ def choice_accuracy(response: str, answer) -> float:
     if not (len(gold) == 1 and gold.isascii() and gold.isalpha()):
         return float(bool(lines) and lines[0] == _norm(answer))
     # Letter mode. The last "correct answer is" wins: a model that corrects itself means the later one.
-    low = text.lower()
-    k = low.rfind("correct answer is")
-    pred = _leading_letter(low[k + len("correct answer is"):k + 40]) if k >= 0 else None
-    if pred is None and lines:
-        pred = _leading_letter(lines[0])
+    marker, pred = None, None
+    for marker in _MARKER.finditer(text):  # C-speed scan; keep the last
+        pass
+    if marker is not None:
+        after = text[marker.end():marker.end() + 80]
+        sentence = re.split(r"\n|\.(?:\s|$)", after, maxsplit=1)[0]  # up to the sentence end
+        pred = _leading_letter(after.lower())
+        if pred is not None and len(_named_letters(sentence) | {pred}) > 1:
+            return 0.0  # "(A), (B) or (C)": a hedge, not an answer
+    if pred is None:
+        pred = _leading_letter(lines[0]) if lines else None
+        labels = {m.group(1) for m in map(_LABEL_LINE.match, lines) if m}
+        if len(labels) > 1:
+            return 0.0  # several lines that each name an option: a list of options, not an answer
     return float(pred == gold.upper())
 
 
