@@ -39,10 +39,15 @@ Model output is untrusted text, thousands of responses per step, each up to 16K 
 Where this departs from the released scorers (and why):
   * pairwise_accuracy divides by the number of *gold* pairs. The released scorer divides by the pairs of
     *predicted* lines, so printing two correct lines in order scores 1.0: a reward hole RL finds fast.
-  * ROUGE-L reads only the answer after "</think>": the thinking would otherwise be scored as summary text.
   * sub_em (structured matching) is an F1 over lines, not recall alone: the released SubEM counts the gold
     items found among the predicted lines, so writing "k: TITLE" for every quote number and every title
     scored 1.0. Extra lines now cost precision, as in set_f1.
+  * a percent sign in a numerical answer is a unit: "8\\%" equals a gold 8, not a gold 0.08. Graders
+    that accept either reading give every answer a second guess a factor 100 away for the price of a "%".
+    A gold written "8%" accepts 8%, 8 or 0.08.
+  * choice_accuracy scores 0 when the answer names several letters ("(A), (B), (C) or (D)", or the
+    options copied out line by line): reading the first letter named paid the listing whenever it was (A).
+  * ROUGE-L reads only the answer after "</think>": the thinking would otherwise be scored as summary text.
   * list metrics compare whole lines (lowercased, whitespace collapsed), never substrings, and duplicate
     predicted lines count once: pasting the document, or one right line ten times, earns nothing extra.
   * summarization uses ROUGE-L as GoLongRL's recipe does (SPEC section 7); LongBench-Pro's own evaluator
@@ -406,11 +411,13 @@ _EQ = {"=", "\\approx"}
 # Functions with one unambiguous reading (\log is left out: base e or base 10 depends on the field).
 _FUNCTIONS = {"\\ln": math.log, "\\exp": math.exp, "\\sin": math.sin, "\\cos": math.cos, "\\tan": math.tan}
 # Dropped with their braced argument: units and words (\text{ cm}); \operatorname{...} ends the parse.
+# An argument that starts with a number is read instead: \text{42} is 42.
 _TEXT = {"\\text", "\\textrm", "\\textnormal", "\\mathrm", "\\mbox", "\\unit", "\\si", "\\textit"}
 # Ignored tokens: sizing, fonts and siunitx wrappers; their braced argument is read as a group.
 _SKIP = {"\\left", "\\right", "\\big", "\\Big", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\bigg",
          "\\Bigg", "\\displaystyle", "\\textstyle", "\\mathbf", "\\textbf", "\\boldsymbol", "\\bf",
          "\\num", "\\quad", "\\qquad", "\\$", "\\boxed", "\\mathit"}
+_TEXT_NUMBER = re.compile(r"\s*[-+]?\.?[0-9]")  # a \text{} argument that starts with a number is read
 _OPEN = {"(": ")", "[": None, "{": "}", "\\{": "\\}", "\\lbrace": "\\rbrace"}  # None: ")" or "]"
 
 # Plain-text look-alikes and thin spaces, rewritten before tokenizing (linear str.replace passes).
@@ -458,6 +465,7 @@ def _tokens(s: str) -> list[tuple[str, str]]:
     for old, new in _REWRITE:
         s = s.replace(old, new)
     out, i, n = [], 0, len(s)
+    keep_close = set()  # positions of "}" that close a \text{...} read as a number
     while i < n:
         m = _LEX.match(s, i)
         i = m.end()
@@ -465,6 +473,8 @@ def _tokens(s: str) -> list[tuple[str, str]]:
         text = m.group(kind)
         if text.isspace():
             continue  # trailing whitespace: the lexer's "\s*" then "." matched a space
+        if kind == "op" and text == "}" and m.start(kind) in keep_close:
+            continue  # the closing brace of a \text{...} whose contents were read
         if kind == "cmd" and text in _TEXT:
             j = s.find("{", i)  # skip the braced argument, nesting allowed
             if j < 0 or s[i:j].strip():
@@ -473,10 +483,16 @@ def _tokens(s: str) -> list[tuple[str, str]]:
             for b in _BRACE.finditer(s, j):
                 depth += 1 if b.group() == "{" else -1
                 if depth == 0:
-                    i = b.end()
                     break
             else:
                 raise _Unparsable("unclosed " + text)
+            if _TEXT_NUMBER.match(s, j + 1):
+                # \text{42}, \text{42 apples}: the number itself is in the text. Read its contents (a
+                # trailing word is dropped below) and drop the closing brace when it comes.
+                keep_close.add(b.start())
+                i = j + 1
+            else:
+                i = b.end()  # \text{ cm}, \mathrm{m/s^2}: a unit or a word, not the value
             continue
         if kind == "cmd" and text in _SKIP:
             continue
@@ -830,9 +846,10 @@ def _values_equal(p, g) -> bool:
     return True
 
 
-def _readings(value, percent: bool) -> list:
-    # A percent answer matches either reading: "25%" is 1/4 and also 25 (models drop or keep the sign).
-    return [value, value * 100] if percent and not isinstance(value, _Seq) else [value]
+def _as_written(value, percent: bool):
+    # The number before the "%": parse_math reads "8%" as 8/100, the percent rule reads it as 8.
+    # (In a tuple or set the items stay as parsed: which of them had the sign is not recorded.)
+    return value * 100 if percent and not isinstance(value, _Seq) else value
 
 
 def _final_answer(text: str):
@@ -890,14 +907,22 @@ def _gold_math(answer):
 def math_equal(response: str, answer: str) -> float:
     """1.0 if the final answer equals the gold (relative tolerance 1e-4; exact for an integer gold).
 
-    Both sides go through parse_math. A percent matches either reading: gold "25%" accepts 25% / 25 /
-    0.25; gold "0.25" accepts "25%". Several numbers against a scalar gold ("\\boxed{2, 3}" vs 2): 0."""
+    Both sides go through parse_math. Several numbers against a scalar gold ("\\boxed{2, 3}" vs 2): 0.
+
+    The percent rule: a "%" in the response is a unit and "8\\%" reads as 8, the number written. Math
+    golds for "what percent ..." questions are written "8", and a model that adds the sign is right.
+    It is not also right against a gold 0.08: reading the sign both ways (as before, and as some
+    released graders do) let one answer match two golds a factor 100 apart, so appending "%" was a
+    free second guess. A gold written with "%" names a percentage, and then its fraction states the
+    same quantity: gold "8%" accepts 8%, 8 and 0.08 (one of them per answer; 0.08% is not 8%)."""
     g, g_pct = _gold_math(answer)
     found = _final_answer(_tail(response))
     if found is None:
         return 0.0
     p, p_pct = found
-    return float(any(_values_equal(x, y) for x in _readings(p, p_pct) for y in _readings(g, g_pct)))
+    p, written = _as_written(p, p_pct), _as_written(g, g_pct)
+    golds = [written, g] if g_pct and not p_pct else [written]
+    return float(any(_values_equal(p, y) for y in golds))
 
 
 # -----------------------------------------------------------------------------

@@ -266,7 +266,8 @@ def test_pairwise_accuracy_matches_brute_force():
     ("The answer is 1,234,567 dollars", "1234567", 1.0),
     ("\\boxed{\\$1,234.50}", "1234.5", 1.0),
     ("It grew by 25%.", "25%", 1.0),
-    ("It grew by 25\\%.", "0.25", 1.0),                          # 25% read as 0.25 too
+    ("It grew by 25\\%.", "25", 1.0),                            # the percent sign is a unit
+    ("It grew by 25\\%.", "0.25", 0.0),                          # ...so 25% is not also 0.25
     ("It grew by 0.25", "25%", 1.0),
     ("It grew by 25", "25%", 1.0),
     ("1.5e-3", "0.0015", 1.0),
@@ -296,13 +297,17 @@ def test_math_equal_reads_every_written_form_of_random_numbers():
     for _ in range(500):
         a, b = rng.randint(-10**7, 10**7), rng.randint(1, 999)
         x = a / b
-        forms = [f"{x:.12f}", f"{x:,.12f}", f"{x:.9e}", f"{a}/{b}", f"\\frac{{{a}}}{{{b}}}",
-                 f"\\boxed{{{x * 100:.10f}\\%}}"]
+        forms = [f"{x:.12f}", f"{x:,.12f}", f"{x:.9e}", f"{a}/{b}", f"\\frac{{{a}}}{{{b}}}"]
         gold = repr(x)
         for form in forms:
             response = f"Adding the parts up, we finally get {form}"
             assert math_equal(response, gold) == 1.0, (form, gold)
             assert math_equal(response, repr(x * 1.01 + 1e-3)) == 0.0, (form, gold)
+            assert math_equal(response, f"{x * 100!r}%") == 1.0, (form, gold)  # a percent gold: its fraction
+        # The percent rule: x*100% is the number x*100, and equals x only through a gold written with "%".
+        pct = f"\\boxed{{{x * 100:.10f}\\%}}"
+        assert math_equal(pct, f"{x * 100!r}%") == 1.0 and math_equal(pct, repr(x * 100)) == 1.0, pct
+        assert math_equal(pct, gold) == float(a == 0), pct
 
 
 @pytest.mark.parametrize("gold", ["twelve", "x^2+1", "", "1/0", None, ["12"], "\\boxed{12", "1" * 500])
@@ -590,7 +595,8 @@ LATEX_CASES = [
     ("comma thousands", r"\boxed{12,345,678}", "12345678", 1.0),
     ("comma thousands, decimal", r"\boxed{1,234.5}", "1234.5", 1.0),
     # Percent, dollars, units.
-    ("percent", r"\boxed{25\%}", "0.25", 1.0),
+    ("percent", r"\boxed{25\%}", "25", 1.0),
+    ("percent gold, fraction response", r"\boxed{0.25}", "25%", 1.0),
     ("percent gold, bare response", r"\boxed{25}", "25%", 1.0),
     ("percent both", r"\boxed{12.5\%}", r"12.5\%", 1.0),
     ("dollars", r"\boxed{\$1,234.50}", "1234.5", 1.0),
@@ -638,6 +644,7 @@ LATEX_CASES = [
     ("neg: unit confusion m vs km", r"\boxed{5000\text{ m}}", "5", 0.0),
     ("neg: unit confusion cents", r"\boxed{150}", r"\$1.50", 0.0),
     ("neg: percent is not per mille", r"\boxed{2.5}", "25%", 0.0),
+    ("neg: a percent is not its fraction", r"\boxed{25\%}", "0.25", 0.0),
     ("neg: several numbers, scalar gold", r"\boxed{2, 3}", "2", 0.0),
     ("neg: several numbers, first right", r"\boxed{2, 3}", "3", 0.0),
     ("neg: tuple order matters", r"\boxed{(2, 1)}", "(1, 2)", 0.0),
