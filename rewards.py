@@ -15,7 +15,7 @@ thinking off (text up to the last "</think>"), optionally applies the format gat
     exhaustive_retrieval    set_f1             list[str]
     numerical_reasoning     math_equal         str: "12", "3/4", "\\frac{\\sqrt{3}}{2}", "2\\pi", "25%", "(1, 2)", "[0, 1)"
     structured_extraction   row_iou            rows, or a JSON string / dict {"data": rows}
-    structured_matching     sub_em             list[str]
+    structured_matching     sub_em (F1)        list[str]
     graded_ranking          ndcg               list[str], best first
     sequence_ordering       pairwise_accuracy  list[str], in order
     summarization           rouge_l            str, or list[str] of references (max over them)
@@ -39,6 +39,14 @@ Model output is untrusted text, thousands of responses per step, each up to 16K 
 Where this departs from the released scorers (and why):
   * pairwise_accuracy divides by the number of *gold* pairs. The released scorer divides by the pairs of
     *predicted* lines, so printing two correct lines in order scores 1.0: a reward hole RL finds fast.
+  * sub_em (structured matching) is an F1 over lines, not recall alone: the released SubEM counts the gold
+    items found among the predicted lines, so writing "k: TITLE" for every quote number and every title
+    scored 1.0. Extra lines now cost precision, as in set_f1.
+  * a percent sign in a numerical answer is a unit: "8\\%" equals a gold 8, not a gold 0.08. Graders
+    that accept either reading give every answer a second guess a factor 100 away for the price of a "%".
+    A gold written "8%" accepts 8%, 8 or 0.08.
+  * choice_accuracy scores 0 when the answer names several letters ("(A), (B), (C) or (D)", or the
+    options copied out line by line): reading the first letter named paid the listing whenever it was (A).
   * ROUGE-L reads only the answer after "</think>": the thinking would otherwise be scored as summary text.
   * list metrics compare whole lines (lowercased, whitespace collapsed), never substrings, and duplicate
     predicted lines count once: pasting the document, or one right line ten times, earns nothing extra.
@@ -185,10 +193,26 @@ def _gold_choice(answer) -> str:
     return answer
 
 
+# Option letters a hedge names: "(C)" in any case, or a bare capital A-H ("A or B"; "I" is a word).
+_OPTION = re.compile(r"\(([A-Za-z])\)|(?<![\w'])([A-H])(?![\w'])")
+# An answer line that is an option label: "B", "(B)", "**B**", "B.", "B) text", "[B]" (lines are lowercased).
+_LABEL_LINE = re.compile(r"[*(\[]*([a-z])(?:$|[).:\]*])")
+_MARKER = re.compile(r"correct answer is", re.IGNORECASE)
+
+
+def _named_letters(span: str) -> set:
+    return {(a or b).upper() for a, b in _OPTION.findall(span)}
+
+
 def choice_accuracy(response: str, answer) -> float:
     """Multiple choice (comprehension): the letter from "The correct answer is (X)", else the first
     answer line, must equal the gold letter. A gold that is not a single letter (LongBench-Pro T3/T11:
-    a list whose first item is the answer text) is compared with the first answer line instead."""
+    a list whose first item is the answer text) is compared with the first answer line instead.
+
+    An answer that names several letters scores 0 whichever is right: "The correct answer is (A), (B),
+    (C) or (D)" in the sentence after the marker, or (with no marker) two or more answer lines that are
+    option labels, such as the options copied out "(A) ...", "(B) ...". Reading the first letter named
+    gave the listing full marks whenever the gold was (A)."""
     answer = _gold_choice(answer)
     text = _tail(response)
     lines = _answer_lines(text)
@@ -196,21 +220,28 @@ def choice_accuracy(response: str, answer) -> float:
     if not (len(gold) == 1 and gold.isascii() and gold.isalpha()):
         return float(bool(lines) and lines[0] == _norm(answer))
     # Letter mode. The last "correct answer is" wins: a model that corrects itself means the later one.
-    low = text.lower()
-    k = low.rfind("correct answer is")
-    pred = _leading_letter(low[k + len("correct answer is"):k + 40]) if k >= 0 else None
-    if pred is None and lines:
-        pred = _leading_letter(lines[0])
+    marker, pred = None, None
+    for marker in _MARKER.finditer(text):  # C-speed scan; keep the last
+        pass
+    if marker is not None:
+        after = text[marker.end():marker.end() + 80]
+        sentence = re.split(r"\n|\.(?:\s|$)", after, maxsplit=1)[0]  # up to the sentence end
+        pred = _leading_letter(after.lower())
+        if pred is not None and len(_named_letters(sentence) | {pred}) > 1:
+            return 0.0  # "(A), (B) or (C)": a hedge, not an answer
+    if pred is None:
+        pred = _leading_letter(lines[0]) if lines else None
+        labels = {m.group(1) for m in map(_LABEL_LINE.match, lines) if m}
+        if len(labels) > 1:
+            return 0.0  # several lines that each name an option: a list of options, not an answer
     return float(pred == gold.upper())
 
 
 # -----------------------------------------------------------------------------
 # List answers: set F1, SubEM, NDCG, pairwise order accuracy
 
-def set_f1(response: str, answer: list[str]) -> float:
-    """F1 between the set of predicted lines and the set of gold items (exhaustive retrieval)."""
-    gold = set(_gold_items(answer, "set_f1", distinct=False))
-    pred = set(_answer_lines(_tail(response)))
+def _line_f1(gold: set, pred: set) -> float:
+    # F1 of two sets of lines: recall alone would pay for listing every candidate line.
     hit = len(gold & pred)
     if hit == 0:
         return 0.0
@@ -218,13 +249,22 @@ def set_f1(response: str, answer: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def sub_em(response: str, answer: list[str]) -> float:
-    """Fraction of gold items that appear as a predicted line (structured matching).
+def set_f1(response: str, answer: list[str]) -> float:
+    """F1 between the set of predicted lines and the set of gold items (exhaustive retrieval)."""
+    gold = set(_gold_items(answer, "set_f1", distinct=False))
+    return _line_f1(gold, set(_answer_lines(_tail(response))))
 
+
+def sub_em(response: str, answer: list[str]) -> float:
+    """SubEM with precision (structured matching): F1 between the distinct predicted lines and the gold
+    items, so every gold line written and nothing else scores 1.0; half of them and nothing else 2/3.
+
+    The released scorer counts recall only (the fraction of gold items found as a line): writing
+    "k: TITLE" for every quote number k and every title found them all and scored 1.0. Here each extra
+    line costs precision, as in set_f1: that answer scores 2P/(P+1) with P = 1/(number of titles).
     A whole line must match, not a substring: pasting the document does not match its items."""
-    gold = _unique(_gold_items(answer, "sub_em", distinct=False))
-    pred = set(_answer_lines(_tail(response)))
-    return sum(item in pred for item in gold) / len(gold)
+    gold = set(_gold_items(answer, "sub_em", distinct=False))
+    return _line_f1(gold, set(_answer_lines(_tail(response))))
 
 
 def ndcg(response: str, answer: list[str]) -> float:
@@ -371,11 +411,13 @@ _EQ = {"=", "\\approx"}
 # Functions with one unambiguous reading (\log is left out: base e or base 10 depends on the field).
 _FUNCTIONS = {"\\ln": math.log, "\\exp": math.exp, "\\sin": math.sin, "\\cos": math.cos, "\\tan": math.tan}
 # Dropped with their braced argument: units and words (\text{ cm}); \operatorname{...} ends the parse.
+# An argument that starts with a number is read instead: \text{42} is 42.
 _TEXT = {"\\text", "\\textrm", "\\textnormal", "\\mathrm", "\\mbox", "\\unit", "\\si", "\\textit"}
 # Ignored tokens: sizing, fonts and siunitx wrappers; their braced argument is read as a group.
 _SKIP = {"\\left", "\\right", "\\big", "\\Big", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\bigg",
          "\\Bigg", "\\displaystyle", "\\textstyle", "\\mathbf", "\\textbf", "\\boldsymbol", "\\bf",
          "\\num", "\\quad", "\\qquad", "\\$", "\\boxed", "\\mathit"}
+_TEXT_NUMBER = re.compile(r"\s*[-+]?\.?[0-9]")  # a \text{} argument that starts with a number is read
 _OPEN = {"(": ")", "[": None, "{": "}", "\\{": "\\}", "\\lbrace": "\\rbrace"}  # None: ")" or "]"
 
 # Plain-text look-alikes and thin spaces, rewritten before tokenizing (linear str.replace passes).
@@ -423,6 +465,7 @@ def _tokens(s: str) -> list[tuple[str, str]]:
     for old, new in _REWRITE:
         s = s.replace(old, new)
     out, i, n = [], 0, len(s)
+    keep_close = set()  # positions of "}" that close a \text{...} read as a number
     while i < n:
         m = _LEX.match(s, i)
         i = m.end()
@@ -430,6 +473,8 @@ def _tokens(s: str) -> list[tuple[str, str]]:
         text = m.group(kind)
         if text.isspace():
             continue  # trailing whitespace: the lexer's "\s*" then "." matched a space
+        if kind == "op" and text == "}" and m.start(kind) in keep_close:
+            continue  # the closing brace of a \text{...} whose contents were read
         if kind == "cmd" and text in _TEXT:
             j = s.find("{", i)  # skip the braced argument, nesting allowed
             if j < 0 or s[i:j].strip():
@@ -438,10 +483,16 @@ def _tokens(s: str) -> list[tuple[str, str]]:
             for b in _BRACE.finditer(s, j):
                 depth += 1 if b.group() == "{" else -1
                 if depth == 0:
-                    i = b.end()
                     break
             else:
                 raise _Unparsable("unclosed " + text)
+            if _TEXT_NUMBER.match(s, j + 1):
+                # \text{42}, \text{42 apples}: the number itself is in the text. Read its contents (a
+                # trailing word is dropped below) and drop the closing brace when it comes.
+                keep_close.add(b.start())
+                i = j + 1
+            else:
+                i = b.end()  # \text{ cm}, \mathrm{m/s^2}: a unit or a word, not the value
             continue
         if kind == "cmd" and text in _SKIP:
             continue
@@ -795,9 +846,10 @@ def _values_equal(p, g) -> bool:
     return True
 
 
-def _readings(value, percent: bool) -> list:
-    # A percent answer matches either reading: "25%" is 1/4 and also 25 (models drop or keep the sign).
-    return [value, value * 100] if percent and not isinstance(value, _Seq) else [value]
+def _as_written(value, percent: bool):
+    # The number before the "%": parse_math reads "8%" as 8/100, the percent rule reads it as 8.
+    # (In a tuple or set the items stay as parsed: which of them had the sign is not recorded.)
+    return value * 100 if percent and not isinstance(value, _Seq) else value
 
 
 def _final_answer(text: str):
@@ -855,14 +907,22 @@ def _gold_math(answer):
 def math_equal(response: str, answer: str) -> float:
     """1.0 if the final answer equals the gold (relative tolerance 1e-4; exact for an integer gold).
 
-    Both sides go through parse_math. A percent matches either reading: gold "25%" accepts 25% / 25 /
-    0.25; gold "0.25" accepts "25%". Several numbers against a scalar gold ("\\boxed{2, 3}" vs 2): 0."""
+    Both sides go through parse_math. Several numbers against a scalar gold ("\\boxed{2, 3}" vs 2): 0.
+
+    The percent rule: a "%" in the response is a unit and "8\\%" reads as 8, the number written. Math
+    golds for "what percent ..." questions are written "8", and a model that adds the sign is right.
+    It is not also right against a gold 0.08: reading the sign both ways (as before, and as some
+    released graders do) let one answer match two golds a factor 100 apart, so appending "%" was a
+    free second guess. A gold written with "%" names a percentage, and then its fraction states the
+    same quantity: gold "8%" accepts 8%, 8 and 0.08 (one of them per answer; 0.08% is not 8%)."""
     g, g_pct = _gold_math(answer)
     found = _final_answer(_tail(response))
     if found is None:
         return 0.0
     p, p_pct = found
-    return float(any(_values_equal(x, y) for x in _readings(p, p_pct) for y in _readings(g, g_pct)))
+    p, written = _as_written(p, p_pct), _as_written(g, g_pct)
+    golds = [written, g] if g_pct and not p_pct else [written]
+    return float(any(_values_equal(p, y) for y in golds))
 
 
 # -----------------------------------------------------------------------------

@@ -190,8 +190,10 @@ def test_list_metrics_on_a_pasted_document():
 def test_sub_em():
     gold = ["red", "blue", "green", "black"]
     assert sub_em("red\nblue\ngreen\nblack", gold) == 1.0
-    assert sub_em("Blue\nRED\nwhite", gold) == 0.5
-    assert sub_em("red\nred\nred\nred", gold) == 0.25  # duplicates count once
+    # F1, not recall alone: 2 of 4 found (R = 1/2) among 3 lines (P = 2/3).
+    assert sub_em("Blue\nRED\nwhite", gold) == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
+    assert sub_em("red\nred\nred\nred", gold) == pytest.approx(0.4)  # duplicates count once: P = 1, R = 1/4
+    assert sub_em("red\nblue\ngreen\nblack\nwhite\npink", gold) == pytest.approx(0.8)  # extra lines cost
     assert sub_em("reddish\nthe blue one", gold) == 0.0  # whole lines, not substrings
     assert sub_em("", gold) == 0.0
     with pytest.raises(ValueError, match="sub_em: gold answer is an empty list"):
@@ -264,7 +266,8 @@ def test_pairwise_accuracy_matches_brute_force():
     ("The answer is 1,234,567 dollars", "1234567", 1.0),
     ("\\boxed{\\$1,234.50}", "1234.5", 1.0),
     ("It grew by 25%.", "25%", 1.0),
-    ("It grew by 25\\%.", "0.25", 1.0),                          # 25% read as 0.25 too
+    ("It grew by 25\\%.", "25", 1.0),                            # the percent sign is a unit
+    ("It grew by 25\\%.", "0.25", 0.0),                          # ...so 25% is not also 0.25
     ("It grew by 0.25", "25%", 1.0),
     ("It grew by 25", "25%", 1.0),
     ("1.5e-3", "0.0015", 1.0),
@@ -294,13 +297,17 @@ def test_math_equal_reads_every_written_form_of_random_numbers():
     for _ in range(500):
         a, b = rng.randint(-10**7, 10**7), rng.randint(1, 999)
         x = a / b
-        forms = [f"{x:.12f}", f"{x:,.12f}", f"{x:.9e}", f"{a}/{b}", f"\\frac{{{a}}}{{{b}}}",
-                 f"\\boxed{{{x * 100:.10f}\\%}}"]
+        forms = [f"{x:.12f}", f"{x:,.12f}", f"{x:.9e}", f"{a}/{b}", f"\\frac{{{a}}}{{{b}}}"]
         gold = repr(x)
         for form in forms:
             response = f"Adding the parts up, we finally get {form}"
             assert math_equal(response, gold) == 1.0, (form, gold)
             assert math_equal(response, repr(x * 1.01 + 1e-3)) == 0.0, (form, gold)
+            assert math_equal(response, f"{x * 100!r}%") == 1.0, (form, gold)  # a percent gold: its fraction
+        # The percent rule: x*100% is the number x*100, and equals x only through a gold written with "%".
+        pct = f"\\boxed{{{x * 100:.10f}\\%}}"
+        assert math_equal(pct, f"{x * 100!r}%") == 1.0 and math_equal(pct, repr(x * 100)) == 1.0, pct
+        assert math_equal(pct, gold) == float(a == 0), pct
 
 
 @pytest.mark.parametrize("gold", ["twelve", "x^2+1", "", "1/0", None, ["12"], "\\boxed{12", "1" * 500])
@@ -588,7 +595,8 @@ LATEX_CASES = [
     ("comma thousands", r"\boxed{12,345,678}", "12345678", 1.0),
     ("comma thousands, decimal", r"\boxed{1,234.5}", "1234.5", 1.0),
     # Percent, dollars, units.
-    ("percent", r"\boxed{25\%}", "0.25", 1.0),
+    ("percent", r"\boxed{25\%}", "25", 1.0),
+    ("percent gold, fraction response", r"\boxed{0.25}", "25%", 1.0),
     ("percent gold, bare response", r"\boxed{25}", "25%", 1.0),
     ("percent both", r"\boxed{12.5\%}", r"12.5\%", 1.0),
     ("dollars", r"\boxed{\$1,234.50}", "1234.5", 1.0),
@@ -636,6 +644,7 @@ LATEX_CASES = [
     ("neg: unit confusion m vs km", r"\boxed{5000\text{ m}}", "5", 0.0),
     ("neg: unit confusion cents", r"\boxed{150}", r"\$1.50", 0.0),
     ("neg: percent is not per mille", r"\boxed{2.5}", "25%", 0.0),
+    ("neg: a percent is not its fraction", r"\boxed{25\%}", "0.25", 0.0),
     ("neg: several numbers, scalar gold", r"\boxed{2, 3}", "2", 0.0),
     ("neg: several numbers, first right", r"\boxed{2, 3}", "3", 0.0),
     ("neg: tuple order matters", r"\boxed{(2, 1)}", "(1, 2)", 0.0),
@@ -783,6 +792,208 @@ def test_compare_with_math_verify():
         if theirs != expected:
             found[label] = theirs
     assert set(found) == set(MATH_VERIFY_DISAGREEMENTS), found
+
+
+# -----------------------------------------------------------------------------
+# Rewards that cannot be gamed: the generic attacks a policy finds, per task, against an honest answer
+# that is half right. Prompts are written the way tasks.py writes them (documents with "[Document i]
+# title" headers, then the question), so "every candidate line" is what a real prompt offers.
+
+DOCS = [
+    ("Harbor Lights", "The harbor lights were lit at dusk. Fishing boats came home slowly. "
+                      "The bell rang twice before noon. Gulls circled over the drying nets."),
+    ("The Mill", "The mill wheel turned all winter long. Flour dust covered every beam of the loft."),
+    ("Winter Road", "Snow closed the pass for three weeks. The carts waited in the valley below."),
+    ("Old Maps", "The old maps showed a river that no longer exists. Nobody trusted the coastline."),
+    ("River Song", "The ferryman sang to keep time with the oars. His songs were older than the town."),
+    ("Night Train", "The night train left at eleven sharp. Its lamps swung as it crossed the bridge."),
+]
+TITLES = [t for t, _ in DOCS]
+SENTENCES = [s.strip() + "." for _, x in DOCS for s in x.split(".") if s.strip()]
+CODE = ('def ratio(self):\n    matches = sum(triple[-1] for triple in self.get_matching_blocks())\n'
+        '    return _calculate_ratio(matches, len(self.a) + len(self.b))')
+
+
+def _prompt(question: str, docs=DOCS) -> str:
+    body = "\n\n".join(f"[Document {i}] {t}\n{x}" for i, (t, x) in enumerate(docs, 1))
+    return f"Read the {len(docs)} documents below and answer the question after them.\n\n{body}\n\n{question}"
+
+
+def _lines(items) -> str:
+    return "[Answer]\n" + "\n".join(items)
+
+
+LIST_FORMAT = 'Write "[Answer]" and then one {} per line, nothing else.'
+OPTIONS = [SENTENCES[2], SENTENCES[6], SENTENCES[9], SENTENCES[13]]  # (A) .. (D)
+MATCH_GOLD = ["1: Harbor Lights", "2: Old Maps", "3: River Song", "4: The Mill"]
+MATCH_QUOTES = [SENTENCES[0], SENTENCES[8], SENTENCES[10], SENTENCES[4]]
+SUMMARY = "Return a measure of the sequences' similarity as a float in the range [0, 1]."
+
+# task -> (gold, question, half-right honest answer, {attack: response}). "Half right" is an honest
+# answer with half of what the gold asks for right and nothing invented: half the items, rows or pairs;
+# for a one-answer task (retrieval, choice, number) half right is wrong, so every attack must score 0.
+GAMING = {
+    "precise_retrieval": (
+        "The bell rang twice before noon.",
+        'Question: In the document titled "Harbor Lights", which sentence comes right after this one?\n'
+        '"Fishing boats came home slowly."\nReply with that sentence only, copied exactly.',
+        "The bell rang twice.",
+        {"every candidate": "\n".join(SENTENCES),
+         "one right line repeated": "The bell rang twice before noon.\n" * 10,
+         "gold's format, wrong values": "The bell rang once after noon."}),
+    "comprehension": (
+        "B",
+        'Question: Which of these sentences appears in the document titled "Harbor Lights"?\n'
+        + "\n".join(f"({k}) {s}" for k, s in zip("ABCD", OPTIONS))
+        + '\nEnd your reply with "The correct answer is (X)", where X is the letter.',
+        "The correct answer is (C)",
+        {"every candidate": "\n".join(f"({k}) {s}" for k, s in zip("ABCD", OPTIONS)),
+         "every letter": "The correct answer is (A), (B), (C) or (D)",
+         "every letter, one per line": "A\nB\nC\nD",
+         "gold's format, wrong values": "The correct answer is (E)"}),
+    "exhaustive_retrieval": (
+        ["The Mill", "Night Train"],
+        'Question: List the title of every document whose text contains the word "winter". '
+        + LIST_FORMAT.format("title"),
+        _lines(["The Mill"]),
+        {"every candidate": _lines(TITLES),
+         "one right line repeated": _lines(["The Mill"] * 10),
+         "gold's format, wrong values": _lines(["Old Maps", "River Song"])}),
+    "numerical_reasoning": (
+        "7",
+        'Question: How many times does the word "the" occur in all the documents together? '
+        "Give the final number in \\boxed{}.",
+        "\\boxed{6}",
+        {"every candidate": "\\boxed{3, 5, 7, 9, 12}",
+         "every candidate, one per line": "3\n5\n7\n9\n12",
+         "percent hedge": "\\boxed{0.07\\%}",  # 0.07% is 0.0007, or 0.07: never 7
+         "gold's format, wrong values": "\\boxed{8}"}),
+    "structured_extraction": (
+        [["The Mill", 3], ["Night Train", 5]],
+        'Question: Make a table with one row for each document that contains the word "the": the document '
+        'title and how many times the word occurs in it. Reply with <answer>{"data": [["title", count], '
+        "...]}</answer>.",
+        '<answer>{"data": [["The Mill", 3]]}</answer>',
+        {"every candidate": json.dumps({"data": [[t, {"The Mill": 3, "Night Train": 5}.get(t, 1)]
+                                                  for t in TITLES]}),
+         "every title with every count": json.dumps({"data": [[t, n] for t in TITLES for n in range(10)]}),
+         "one right line repeated": json.dumps({"data": [["The Mill", 3]] * 10}),
+         "gold's format, wrong values": json.dumps({"data": [["The Mill", 4], ["Night Train", 6]]})}),
+    "structured_matching": (
+        MATCH_GOLD,
+        'Question: Each quote below comes from one of the documents. For each quote write a line "NUMBER: '
+        'TITLE" with the title of its document.\n' + "\n".join(f'{k}. "{s}"' for k, s in enumerate(MATCH_QUOTES, 1))
+        + "\n" + LIST_FORMAT.format("such line"),
+        _lines(MATCH_GOLD[:2]),
+        {"every candidate": _lines(f"{k}: {t}" for k in range(1, 5) for t in TITLES),
+         "one right line repeated": _lines([MATCH_GOLD[0]] * 10),
+         "gold's format, wrong values": _lines(["1: Night Train", "2: Winter Road", "3: The Mill",
+                                                "4: Harbor Lights"])}),
+    "graded_ranking": (
+        ["Old Maps", "Harbor Lights", "River Song", "The Mill"],
+        'Question: Rank the documents that contain the word "the" from the most to the fewest occurrences '
+        "of it.\n" + LIST_FORMAT.format("title"),
+        _lines(["Old Maps", "Harbor Lights"]),
+        {"every candidate": _lines(TITLES),
+         "one right line repeated": _lines(["Old Maps"] * 10),
+         "gold's format, wrong values": _lines(["Night Train", "Winter Road", "The Missing", "Old Roads"])}),
+    "sequence_ordering": (
+        ["S3", "S1", "S4", "S2"],
+        "Question: The sentences below are quoted from the documents above, in random order. List their "
+        "labels in the order the sentences appear in the documents, first to last.\n"
+        + "\n".join(f'S{k}: "{SENTENCES[j]}"' for k, j in zip(range(1, 5), (8, 12, 1, 10)))
+        + "\n" + LIST_FORMAT.format("label"),
+        _lines(["S2", "S3", "S1", "S4"]),  # 3 of the 6 pairs in order
+        {"every candidate": _lines(["S1", "S2", "S3", "S4"]),
+         "every candidate, both orders": _lines(["S1", "S2", "S3", "S4", "S4", "S3", "S2", "S1"]),
+         "one right line repeated": _lines(["S3"] * 10),
+         "gold's format, wrong values": _lines(["S5", "S6", "S7", "S8"])}),
+    "summarization": (
+        SUMMARY,
+        'Question: Document "difflib.SequenceMatcher.ratio" is Python source code whose docstring was '
+        "removed. Write that docstring: one to four sentences that summarize what the code does.",
+        "Return a measure of the sequences' similarity.",  # the first half of the reference
+        {"every candidate": CODE + "\n" + "\n".join(SENTENCES),
+         "one right line repeated": " ".join(["Return a measure of the sequences' similarity."] * 10),
+         # ROUGE-L is lexical: the reference's own wording around wrong content scores 0.600, only just
+         # under the half-right 0.636. A generic docstring scores 0.417.
+         "gold's format, wrong values": "Return a copy of the object's value as a string in the given range.",
+         "generic docstring": "Return the value of the object as a string."}),
+}
+GENERIC = {"repeat the prompt": None, "empty": ""}  # the prompt is filled in per task
+
+
+def _gaming_cases():
+    for task, (gold, question, _, attacks) in GAMING.items():
+        prompt = _prompt(question, DOCS + [("difflib.SequenceMatcher.ratio", CODE)]
+                         if task == "summarization" else DOCS)
+        for name, response in {**attacks, "repeat the prompt": prompt, "empty": ""}.items():
+            yield pytest.param(task, name, response, id=f"{task}-{name}")
+
+
+@pytest.mark.parametrize("task, attack, response", list(_gaming_cases()))
+def test_attack_scores_no_more_than_half_right(task, attack, response):
+    gold, _, half_right, _ = GAMING[task]
+    honest = score(task, "<think>...</think>" + half_right, gold, require_think=True)
+    gamed = score(task, "<think>...</think>" + response, gold, require_think=True)
+    assert gamed <= honest, (task, attack, gamed, honest)
+
+
+def test_half_right_answers_score_what_they_should():
+    # The baselines above are what their names say: 0 for one-answer tasks, partial credit elsewhere.
+    half = {task: score(task, h, gold) for task, (gold, _, h, _) in GAMING.items()}
+    for task in ("precise_retrieval", "comprehension", "numerical_reasoning"):
+        assert half[task] == 0.0
+    assert half["exhaustive_retrieval"] == pytest.approx(2 / 3)   # P = 1, R = 1/2
+    assert half["structured_extraction"] == pytest.approx(1 / 2)  # 1 shared row, union 2
+    assert half["sequence_ordering"] == pytest.approx(1 / 2)      # 3 of 6 pairs
+    assert half["summarization"] == pytest.approx(0.636, abs=5e-4)
+    assert 0.5 < half["graded_ranking"] < 1.0 and 0.5 < half["structured_matching"] < 1.0
+
+
+@pytest.mark.parametrize("gold", list("ABCD"))
+def test_choice_naming_several_letters_scores_zero(gold):
+    # Whichever letter is right, an answer that names several letters is not an answer: before, the
+    # first named letter was read, so listing the options won whenever the gold was (A).
+    attacks = GAMING["comprehension"][3]
+    for name in ("every candidate", "every letter", "every letter, one per line"):
+        assert choice_accuracy(attacks[name], gold) == 0.0, name
+    # One letter, however it is written and explained, still counts.
+    assert choice_accuracy(f"The correct answer is ({gold}).\nOption A and B are wrong.", gold) == 1.0
+    assert choice_accuracy(f"{gold}\nBecause A only appears once.", gold) == 1.0
+
+
+def test_matching_every_title_to_every_quote_is_not_full_marks():
+    # Writing "k: TITLE" for every quote number and every title scored 1.0 with recall alone.
+    gold, _, _, attacks = GAMING["structured_matching"]
+    assert sub_em(attacks["every candidate"], gold) == pytest.approx(2 * (4 / 24) / (4 / 24 + 1))
+    assert sub_em(_lines(gold), gold) == 1.0
+    assert sub_em(_lines(gold[:2] + ["3: Night Train", "4: Winter Road"]), gold) == pytest.approx(1 / 2)
+
+
+@pytest.mark.parametrize("response, gold, expected", [
+    # The percent rule: a "%" in the response is a unit, "8\%" reads as the number written, 8. Math golds
+    # for "what percent ..." questions are written "8", and a model that adds the sign is right; it is
+    # not also right against 0.08, so one answer cannot match two golds a factor 100 apart.
+    (r"\boxed{8\%}", "8", 1.0),
+    (r"\boxed{8\%}", "0.08", 0.0),
+    ("It fell by 8%.", "0.08", 0.0),
+    (r"\boxed{0.08}", "8", 0.0),
+    # A gold written with "%" names a percentage: its number and its fraction both state it.
+    (r"\boxed{8\%}", "8%", 1.0),
+    (r"\boxed{8}", "8%", 1.0),
+    (r"\boxed{0.08}", "8%", 1.0),
+    (r"\boxed{0.08\%}", "8%", 0.0),
+    # \text{} around the number itself is the number; \text{} after it is a unit.
+    (r"\boxed{\text{42}}", "42", 1.0),
+    (r"\boxed{\textbf{\text{42}}}", "42", 1.0),
+    (r"\boxed{\text{42 apples}}", "42", 1.0),
+    (r"\boxed{\mathrm{1,234.5}}", "1234.5", 1.0),
+    (r"\boxed{42\text{ m}}", "42", 1.0),
+    (r"\boxed{\text{forty-two}}", "42", 0.0),
+])
+def test_math_percent_rule_and_text_numbers(response, gold, expected):
+    assert math_equal(response, gold) == expected
 
 
 # -----------------------------------------------------------------------------
