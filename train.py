@@ -27,12 +27,14 @@ bf16 autocast on CUDA.
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
 import resource
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +276,19 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo")  # NCCL between GPUs, gloo on CPU
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def quiet_other_ranks(rank: int):
+    """Ranks other than 0 print nothing to stdout and show no progress bars or library warnings: every
+    line would otherwise appear once per GPU. Errors (stderr) still come from every rank."""
+    if rank == 0:
+        return
+    sys.stdout = open(os.devnull, "w")
+    warnings.simplefilter("ignore")  # rank 0 shows each warning once
+    logging.getLogger("data").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def gather(obj) -> list:
@@ -1007,6 +1022,7 @@ def main(argv=None):
     cfg = parse_config(argv)
     rank, world, device = setup_distributed()
     log = print if rank == 0 else (lambda *a, **k: None)
+    quiet_other_ranks(rank)
     out_dir, t_start = Path(cfg.out_dir), time.perf_counter()
     if checkpoint.plot_only(cfg, out_dir):
         log(f"--plot: {out_dir} holds a run; drawing it, no training (--resume or --overwrite to train)")
