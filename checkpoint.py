@@ -1,8 +1,9 @@
 """The run folder: checkpoints (a Hugging Face folder + trainer state, written atomically and
 verified before a resume takes one, the last K kept), the random generators they restore,
 metrics.jsonl (strict JSON lines, trimmed safely on resume), the guard against starting over a
-finished run, the reward plot drawn from metrics.jsonl, and what the user reads: the config at
-start, one line per step, the evaluation table and the end-of-run summary (train.py prints them).
+finished run (and --overwrite's old run set aside until the new run's first checkpoint), the disk
+check, the reward plot drawn from metrics.jsonl, and what the user reads: the config at start, one
+line per step, the evaluation table and the end-of-run summary (train.py prints them).
 
     import checkpoint
     ckpt = checkpoint.latest_checkpoint(Path("runs/default"))   # newest intact one, or None
@@ -13,8 +14,8 @@ start, one line per step, the evaluation table and the end-of-run summary (train
 A run folder holds: config.json (the full training config), metrics.jsonl (one line per step),
 evals.jsonl (one line per evaluation), checkpoints/step_NNNNNN/ and rewards.png.
 
-No collectives here except prepare_run_dir's barrier and the last section (the sharded optimizer
-state of --shard fsdp, which every rank writes and reads): train.py gathers what every rank must
+No collectives here except the last section (the sharded optimizer state of --shard fsdp, which
+every rank writes and reads): train.py gathers what every rank must
 contribute and calls the rest on rank 0. This file does not import train.py: functions that read the
 config take it as an argument (cfg: a train.Config, read by field name).
 """
@@ -67,6 +68,10 @@ def fsync_dir(path: Path):
         os.close(fd)
 
 
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (a full disk, most often); its temporary folder is removed."""
+
+
 def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, batches, keep: int,
                     rngs: list, state_dict=None, optimizer_dir=None):
     """out_dir/checkpoints/step_000012/{model.safetensors, config.json, tokenizer..., trainer_state.pt,
@@ -75,11 +80,34 @@ def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, 
     Rank 0 only; `rngs` holds every rank's generators (train.py gathers them), restored rank by rank.
     optimizer=None (--no-save-optimizer) leaves AdamW's state out: a resume then restarts its moments.
     Under fsdp, `state_dict` is the gathered full state dict (the model itself holds shards) and
-    `optimizer_dir` the AdamW shards (save_sharded_optimizer), moved in as optimizer/ (optimizer=None)."""
+    `optimizer_dir` the AdamW shards (save_sharded_optimizer), moved in as optimizer/ (optimizer=None).
+    A failed write (a full disk ends in an OSError, a SafetensorError or torch's RuntimeError) removes
+    the temporary folder, which would otherwise keep the disk full, and raises SaveError."""
     root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step_{step:06d}", root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_checkpoint(tmp, step, model, tok, optimizer, scheduler, batches, rngs, state_dict, optimizer_dir)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except Exception as e:
+        for p in (tmp, optimizer_dir):
+            if p is not None:
+                shutil.rmtree(p, ignore_errors=True)
+        raise SaveError(f"could not save the checkpoint of step {step} to {final} "
+                        f"({type(e).__name__}: {str(e)[:200]})") from e
+    fsync_dir(root)  # the rename itself
+    # Keep the newest `keep` intact checkpoints. A damaged one never counts, so it cannot push a good
+    # one out; it is left where it is for the user to look at.
+    intact = [p for p in sorted(root.glob("step_*")) if not checkpoint_problem(p)]
+    for old in intact[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_checkpoint(tmp: Path, step: int, model, tok, optimizer, scheduler, batches, rngs: list,
+                     state_dict, optimizer_dir):
+    """Every file of a checkpoint into the folder `tmp`, synced, the completeness marker last."""
     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tok.save_pretrained(tmp)
     if optimizer_dir is not None:
@@ -98,14 +126,6 @@ def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, 
         f.flush()
         os.fsync(f.fileno())
     fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_dir(root)  # the rename itself
-    # Keep the newest `keep` intact checkpoints. A damaged one never counts, so it cannot push a good
-    # one out; it is left where it is for the user to look at.
-    intact = [p for p in sorted(root.glob("step_*")) if not checkpoint_problem(p)]
-    for old in intact[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def safetensors_problem(path: Path) -> str:
@@ -280,20 +300,72 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool):
     sys.exit(2)
 
 
-def clear_run_dir(out_dir: Path) -> list:
-    """--overwrite: delete what an earlier run left (metrics, evaluations, checkpoints, plot, config).
-    Other files in the folder stay. Returns the names deleted, for the log."""
-    gone = []
-    for name in ["metrics.jsonl", "evals.jsonl", "rewards.png", "config.json", "checkpoints"]:
-        p = out_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-        else:
-            continue
-        gone.append(name)
-    return gone
+RUN_FILES = ["metrics.jsonl", "evals.jsonl", "rewards.png", "config.json", "checkpoints"]  # one run's own
+
+
+def move_run_aside(out_dir: Path) -> tuple[Path | None, list]:
+    """--overwrite: move what an earlier run left (RUN_FILES) into out_dir/previous_run[.N] (a rename:
+    instant, no copy). It is deleted only once the new run's first checkpoint is saved (drop_aside),
+    so a new run that fails before that leaves the old one whole. Other files in the folder stay.
+    Returns (the folder, the names moved), or (None, []) when there was nothing to move."""
+    names = [n for n in RUN_FILES if (out_dir / n).exists()]
+    if not names:
+        return None, []
+    aside, k = out_dir / "previous_run", 1
+    while aside.exists():  # an earlier overwrite's, never finished: kept as it is
+        aside, k = out_dir / f"previous_run.{k}", k + 1
+    aside.mkdir()
+    for n in names:
+        os.replace(out_dir / n, aside / n)
+    return aside, names
+
+
+def drop_aside(aside: Path | None, step: int, log):
+    """The new run's first checkpoint (of `step`) is on disk: delete the run that --overwrite set aside."""
+    if aside is not None and aside.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        log(f"--overwrite: deleted {aside} (the previous run) now that step {step} is saved")
+
+
+# -----------------------------------------------------------------------------
+# Disk: one checkpoint must fit before training starts, and a failed save leaves nothing behind
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or its nearest parent that exists (where a new folder would be created)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def checkpoint_bytes(n_params: int, with_optimizer: bool) -> int:
+    """A checkpoint's size on disk: float32 weights (4 B/param) and, with the optimizer, AdamW's two
+    float32 moments (8 B/param); the tokenizer, config and trainer state fit in the 64 MiB margin."""
+    return n_params * (4 + 8 * with_optimizer) + 64 * 2**20
+
+
+def disk_problem(out_dir: Path, need: int) -> str:
+    """'' if a checkpoint of `need` bytes fits on out_dir's disk now, else one line saying what to do.
+    One, what the first save needs; --keep-last of them are on disk later, and a later save that runs
+    out of space still ends cleanly, the last good checkpoint kept (save_checkpoint)."""
+    free = shutil.disk_usage(nearest_existing(out_dir)).free
+    gb = lambda b: f"{b / 1e9:.2f} GB"
+    if free < need:
+        return (f"--out-dir {out_dir}: {gb(free)} free, one checkpoint needs {gb(need)} (4 B/param weights"
+                " + 8 B/param AdamW unless --no-save-optimizer): free space, or pass another --out-dir")
+    return ""
+
+
+def remove_partial_saves(out_dir: Path, log) -> list:
+    """Delete temporary folders of saves that never finished (a killed process, a power cut): never
+    a checkpoint, only disk space. Returns their names."""
+    gone = sorted((out_dir / "checkpoints").glob(".tmp_*"))
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    if gone:
+        log(f"removed {len(gone)} half-written checkpoint folder(s) of an earlier save: "
+            f"{', '.join(p.name for p in gone)}")
+    return [p.name for p in gone]
 
 
 # -----------------------------------------------------------------------------
@@ -431,22 +503,32 @@ def plot_only(cfg, out_dir: Path) -> bool:
 
 
 def prepare_run_dir(cfg, out_dir: Path, rank: int, log) -> Path | None:
-    """Before the model loads: refuse a folder holding a run (exit 2) unless --resume/--overwrite,
-    clear it on --overwrite, write the full config to out_dir/config.json. Returns that path; None
-    for --eval-only, which only adds to evals.jsonl."""
+    """Before the model loads: refuse a folder holding a run (exit 2) unless --resume/--overwrite.
+    Nothing is moved or written yet (start_run does that, once the run is known to start). Returns
+    where the full config will be; None for --eval-only, which only adds to evals.jsonl."""
     if cfg.eval_only:
         return None
     check_run_dir(out_dir, cfg.resume, cfg.overwrite)
-    path = out_dir / "config.json"
+    return out_dir / "config.json"
+
+
+def start_run(cfg, out_dir: Path, rank: int, log) -> Path | None:
+    """Rank 0, once config, data, model and disk have passed their checks, just before step 1: on
+    --overwrite move the earlier run aside (move_run_aside), then write the full config to
+    out_dir/config.json (a temporary file renamed: a full disk never leaves it empty). Returns the
+    folder set aside, for drop_aside after the first checkpoint."""
+    aside = None
     if rank == 0:
-        if cfg.overwrite and (gone := clear_run_dir(out_dir)):
-            log(f"--overwrite: deleted {', '.join(gone)} from {out_dir}")
+        if cfg.overwrite:
+            aside, moved = move_run_aside(out_dir)
+            if aside:
+                log(f"--overwrite: moved {', '.join(moved)} to {aside}; deleted once this run's first "
+                    "checkpoint is saved")
         out_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.barrier()  # no rank looks into out_dir before rank 0 has cleared it
-    return path
+        tmp = out_dir / "config.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
+        os.replace(tmp, out_dir / "config.json")
+    return aside
 
 
 def weights_to_load(cfg, out_dir: Path, log):
@@ -492,7 +574,12 @@ def save_sharded_optimizer(out_dir: Path, step: int, model, optimizer, rank: int
     if rank == 0:
         shutil.rmtree(path, ignore_errors=True)  # a crashed save's files, maybe from another world size
     dist.barrier()
-    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=path)
+    try:
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=path)
+    except Exception as e:  # a full disk: no half-written shards left behind
+        shutil.rmtree(path, ignore_errors=True)
+        raise SaveError(f"could not save the AdamW shards of step {step} to {path} "
+                        f"({type(e).__name__}: {str(e)[:200]})") from e
     return path
 
 

@@ -184,8 +184,9 @@ def _lone_surrogate(rec) -> Optional[tuple[str, int]]:
     return None
 
 
-def parse_record(rec, where: str) -> Sample:
-    """One released-format record -> Sample. `where` ("file:line") prefixes every error."""
+def parse_record(rec, where: str, default_id: Optional[str] = None) -> Sample:
+    """One released-format record -> Sample. `where` ("file:line") prefixes every error; the id is
+    extra_info.index, else `default_id` (else `where`)."""
     if not isinstance(rec, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
     bad = _lone_surrogate(rec)
@@ -224,13 +225,14 @@ def parse_record(rec, where: str) -> Sample:
     rest = {k: v for k, v in gt.items() if k not in ("golden_label", "doc_ids")} if isinstance(gt, dict) else {}
     if rest:
         meta["ground_truth"] = rest  # e.g. LongBench-Pro's language in "summary": kept for save_jsonl
-    sid = str(extra["index"]) if "index" in extra else where
+    sid = str(extra["index"]) if "index" in extra else (default_id or where)
     return Sample(sid, task, prompt, answer, source, meta)
 
 
 def load_jsonl(path, *, skip_unknown: bool = False, skip_bad_golds: bool = False,
                counts: Optional[dict] = None) -> list[Sample]:
-    """Read a released-format JSONL file. Malformed lines raise DataError naming file, line and field.
+    """Read a released-format JSONL file. Malformed lines raise DataError naming the path (as given),
+    the line and the field.
     Unknown data_source / reward_mode raise too, unless skip_unknown: then they are counted in `counts`
     (reason -> number) and logged. A gold its metric cannot score (rewards.parse_gold) raises too,
     unless skip_bad_golds: then it is counted as "bad_gold" and each one logged with its line.
@@ -240,7 +242,7 @@ def load_jsonl(path, *, skip_unknown: bool = False, skip_bad_golds: bool = False
     samples, first_line, dups = [], {}, {}  # id -> line of its first record; id -> lines that reuse it
     with open(path, "rb") as f:  # bytes, so a bad byte is reported with its line number
         for lineno, raw in enumerate(f, 1):
-            where = f"{Path(path).name}:{lineno}"
+            where = f"{path}:{lineno}"  # errors name the path as given; ids the file name alone
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a leading BOM
             except UnicodeDecodeError as e:
@@ -255,7 +257,7 @@ def load_jsonl(path, *, skip_unknown: bool = False, skip_bad_golds: bool = False
             except RecursionError:  # e.g. 100K nested "[": json's C parser recurses once per level
                 raise DataError(f"{where}: invalid JSON (nested too deeply for Python's json parser)") from None
             try:
-                samples.append(parse_record(rec, where))
+                samples.append(parse_record(rec, where, f"{Path(path).name}:{lineno}"))
             except _Unknown as e:
                 if not skip_unknown:
                     raise DataError(str(e)) from None

@@ -24,6 +24,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -316,9 +317,13 @@ def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print
         # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets instead of beside
         # them (saves 4 bytes per parameter, ~16 GB for a 4B model). broadcast_buffers=False: the only
         # buffers (RoPE frequencies) are equal on every rank and never change, so no broadcast per forward.
-        return nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True, broadcast_buffers=False)
+        # Recent torch calls broadcast_buffers deprecated in a FutureWarning on every rank; its successor
+        # (forward_sync_buffers) is missing from older torch, and False still means the same: silenced.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            return nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None,
+                gradient_as_bucket_view=True, broadcast_buffers=False)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(device.type, (world,))  # one flat group: every rank holds 1/world

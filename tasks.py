@@ -215,6 +215,10 @@ MIN_PASSAGE = 48        # tokens: packing stops when less room is left; the shor
 MAX_MISSES = 50         # consecutive draws that add nothing before packing stops (pool used up, room too small)
 MAX_TRIES = 60          # contexts drawn for one sample before build_tasks gives up
 CODE_SHARE = 0.6        # the code to summarize takes at most this share of the documents' room
+# The smallest context every task type fits in: below it two documents and a question leave no room
+# (measured on the built-in documents with SmolLM2's and Qwen's tokenizers: 384 already fails graded
+# ranking); train.py and `tasks.py build` refuse less at start instead of failing in the builder.
+MIN_CONTEXT_TOKENS = 400
 
 WORD = re.compile(r"\b[A-Za-z]+\b")  # the counting rule stated in every word question
 SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -611,7 +615,8 @@ def make_parser() -> argparse.ArgumentParser:
                                    "in the released record format (data.load_jsonl reads it).",
                        formatter_class=_ShowDefaults)
     b.add_argument("--out", required=True, help="output JSONL (released record format)")
-    b.add_argument("--context-tokens", type=int, default=1024, help="max templated prompt tokens")
+    b.add_argument("--context-tokens", type=int, default=512,
+                   help="max templated prompt tokens (train.py's default too)")
     b.add_argument("--n-per-task", type=int, default=10, help="samples per task type")
     b.add_argument("--seed", type=int, default=0, help="sample i of a task depends only on (seed, task, i)")
     b.add_argument("--docs", nargs="+", help=".txt/.md/.gz files or folders (default: Python's reference topics)")
@@ -626,8 +631,24 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Numbers the builder cannot use, refused at start (argparse's exit 2, one line each)."""
+    problems = [f"--{k.replace('_', '-')} {getattr(args, k)}: must be >= {least}"
+                for k, least in [("n_per_task", 1), ("filter_n", 1), ("filter_max_new_tokens", 1)]
+                if getattr(args, k) < least]
+    if args.context_tokens < MIN_CONTEXT_TOKENS:
+        problems.append(f"--context-tokens {args.context_tokens}: must be >= {MIN_CONTEXT_TOKENS} "
+                        "(two documents and a question need that room)")
+    if not args.filter_low < args.filter_high:
+        problems.append(f"--filter-low {args.filter_low} must be below --filter-high {args.filter_high}")
+    if problems:
+        p.exit(2, "".join(f"{p.prog}: error: {x}\n" for x in problems))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = make_parser().parse_args(argv)
+    p = make_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
 
     from transformers import AutoTokenizer
     t0 = time.time()

@@ -256,7 +256,7 @@ def test_lone_surrogate_is_rejected_with_line_and_field(tmp_path, where, field):
     path = write_jsonl(tmp_path / "r.jsonl", [record("EM", {"golden_label": "ok"}), line])
     with pytest.raises(DataError) as e:
         data.load_jsonl(path)
-    assert str(e.value).startswith(f"r.jsonl:2: field {field!r} holds a lone UTF-16 surrogate"), str(e.value)
+    assert str(e.value).startswith(f"{path}:2: field {field!r} holds a lone UTF-16 surrogate"), str(e.value)
     pair = record("EM", {"golden_label": "ok"})
     pair["prompt"][0]["content"] = "smile \ud83d\ude00"  # a valid pair: json.loads joins it into one character
     (s,) = data.load_jsonl(write_jsonl(path, [json.dumps(pair)]))

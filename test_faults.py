@@ -95,8 +95,10 @@ def test_model_folder_without_tokenizer_refused(tmp_path):
     assert train.validate_config(train.Config(model=str(tmp_path / "m"), out_dir=str(tmp_path / "run"))) == []
 
 
-def test_hub_ids_are_left_to_the_hub(tmp_path):
-    """org/name is a hub id, not a missing folder (the hub is asked later, with its own message)."""
+def test_hub_ids_are_asked_of_the_hub(tmp_path, monkeypatch):
+    """org/name is a hub id, not a missing folder: the hub is asked (test_run_safety.py: offline)."""
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: object())
     assert train.validate_config(train.Config(model="Qwen/Qwen3-4B", out_dir=str(tmp_path))) == []
 
 

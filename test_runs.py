@@ -78,7 +78,9 @@ def test_second_run_is_refused_before_loading_then_overwrite_replaces(tiny, tmp_
     assert [m["step"] for m in metrics(tmp_path)] == [1]
     # the old step-2 checkpoint is gone: it would otherwise be "the newest" of the new run
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000001"]
-    assert "--overwrite: deleted metrics.jsonl" in capsys.readouterr().out
+    assert not (tmp_path / "previous_run").exists()  # set aside at start, deleted after step 1's save
+    out = capsys.readouterr().out
+    assert "--overwrite: moved metrics.jsonl" in out and "previous_run (the previous run)" in out
 
 
 # -----------------------------------------------------------------------------

@@ -27,12 +27,16 @@ bf16 autocast on CUDA.
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
 import resource
+import shlex
 import sys
+import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,6 +51,7 @@ import attention
 import checkpoint
 import data
 import grpo
+import interrupt
 import policy
 import rewards
 import rollout
@@ -124,7 +129,10 @@ class Config:
     eval_only: bool = option(False, "evaluate out_dir's newest checkpoint (the base model if it has none) and exit")
     checkpoint: str = option("", "with --eval-only: evaluate this checkpoint folder instead of out_dir's newest")
     eval_max_new_tokens: int = option(0, "response limit at evaluation, 0 = max_new_tokens")
-    save_every: int = option(0, "checkpoint every k steps (0 = at the end only)")
+    save_every: int = option(0, "checkpoint every k steps (0 = at the end only; --save-minutes also saves)")
+    save_minutes: float = option(10.0, "also checkpoint when this many minutes passed since the last one "
+                                       "(0 = off): a crash or kill loses at most that much work, whatever "
+                                       "a step costs, for a few percent of the time spent writing")
     keep_last: int = option(2, "checkpoints kept")
     save_optimizer: bool = option(True, "AdamW state in checkpoints (2/3 of their size); without it --resume "
                                         "restarts the optimizer")
@@ -164,9 +172,12 @@ AT_LEAST = {
     "micro_batch_tokens": (1, "a micro-batch holds at least one token"),
     "logprob_chunk": (1, "a chunk holds at least one token"),
     "keep_last": (1, "0 or less would delete the checkpoint just saved"),
-    "steps": (0, "a count"), "warmup_steps": (0, "a count"), "save_every": (0, "0 means at the end only"),
+    "steps": (1, "a run trains at least one step; --eval-only only evaluates"),
+    "warmup_steps": (0, "a count"), "save_every": (0, "0 means at the end only"),
     "eval_every": (0, "0 means never"), "top_k": (0, "0 means off"), "kv_budget_tokens": (0, "0 means one wave"),
-    "context_tokens": (1, "a document has tokens"), "n_per_task": (0, "a count"), "eval_per_task": (0, "a count"),
+    "save_minutes": (0.0, "0 means off"),
+    "context_tokens": (tasks.MIN_CONTEXT_TOKENS, "two documents and a question need that room"),
+    "n_per_task": (0, "a count"), "eval_per_task": (0, "a count"),
     "weight_decay": (0.0, "a decay"), "kl_coef": (0.0, "a penalty weight"), "gamma": (0.0, "a strength"),
     "clip_low": (0.0, "a clip range"), "clip_high": (0.0, "a clip range"),
 }
@@ -184,13 +195,39 @@ def writable_problem(flag: str, path: Path) -> str:
     """'' if `path` is (or can be made as) a folder this process can write into."""
     if path.exists() and not path.is_dir():
         return f"{flag} {path} is a file, not a folder: pass a folder path"
-    here = path
-    while not here.exists():  # the nearest existing parent is the one that must let us create it
-        here = here.parent
+    here = checkpoint.nearest_existing(path)  # the one that must let us create the rest
     if not here.is_dir():
         return f"{flag} {path}: {here} is a file, not a folder"
     if not os.access(here, os.W_OK | os.X_OK):
         return f"{flag} {path}: {here} is not writable: pass a folder you can write to"
+    try:  # permission bits do not tell: /proc and read-only mounts refuse files even to root
+        tempfile.TemporaryFile(dir=here).close()
+    except OSError as e:
+        return f"{flag} {path}: cannot create a file in {here} ({e.strerror}): pass a folder on a normal disk"
+    return ""
+
+
+def hub_problem(model_id: str) -> str:
+    """'' if hub id `model_id` can be loaded: it is in the local Hugging Face cache, or the hub knows it.
+    Asked now (under a second), not after the rest of the start-up: a typo in an id otherwise ends
+    in an OSError from the model load. Offline (HF_HUB_OFFLINE) the cache is all there is."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.utils import RepositoryNotFoundError
+    flag = f"--model {model_id}"
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return ""  # downloaded before: loads offline
+    cache = constants.HF_HUB_CACHE
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return (f"{flag}: not in the local Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set, so the "
+                "hub is not asked: download it first (hf download ID) or pass a local folder")
+    try:
+        model_info(model_id, timeout=10)
+    except RepositoryNotFoundError:
+        return (f"{flag}: the Hugging Face hub has no such model (or it is private: log in with "
+                f"hf auth login); not in the local cache ({cache}) either")
+    except Exception as e:  # no network, a proxy, a timeout: say what was tried
+        return (f"{flag}: not in the local Hugging Face cache ({cache}) and the hub could not be asked "
+                f"({type(e).__name__}: {str(e)[:120]}): pass a local folder, or check the network")
     return ""
 
 
@@ -229,7 +266,22 @@ def validate_config(cfg: Config) -> list:
         problems.append("--checkpoint chooses what --eval-only evaluates; to continue a run use --resume")
     if math.isfinite(cfg.dual_clip) and cfg.dual_clip <= 1:
         problems.append(f"--dual-clip {cfg.dual_clip}: must be > 1 (it bounds the ratio from above)")
-    if cfg.model and looks_like_path(cfg.model):  # a hub id is left to the hub
+    if cfg.gen_prompts and cfg.gen_prompts < cfg.prompts_per_step:
+        problems.append(f"--gen-prompts {cfg.gen_prompts}: must be 0 or >= --prompts-per-step "
+                        f"{cfg.prompts_per_step} (each round draws the candidates a batch is filled from; "
+                        "paper: 512 for 128)")
+    builds = not cfg.data and not (cfg.eval_only and cfg.eval_data)  # tasks built from built-in docs
+    if builds and cfg.context_tokens > cfg.max_prompt_tokens and not cfg.truncate_prompts:
+        problems.append(f"--context-tokens {cfg.context_tokens} > --max-prompt-tokens {cfg.max_prompt_tokens}: "
+                        "built prompts reach --context-tokens and longer ones are dropped; raise "
+                        "--max-prompt-tokens or pass --truncate-prompts")
+    if cfg.eval_every and not cfg.eval_data and (cfg.data or cfg.eval_per_task == 0):
+        problems.append(f"--eval-every {cfg.eval_every}: no evaluation data ("
+                        + ("--data has no held-out split" if cfg.data else "--eval-per-task is 0")
+                        + "): pass --eval-data, or --eval-every 0")
+    if cfg.model and not looks_like_path(cfg.model):
+        problems.append(hub_problem(cfg.model))
+    elif cfg.model:
         m = Path(cfg.model).expanduser()
         if not m.exists():
             problems.append(f"--model {cfg.model}: no such folder (a hub id looks like org/name)")
@@ -311,6 +363,19 @@ def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
                             timeout=timedelta(minutes=cfg.collective_timeout_min))
     WAIT_GROUP = dist.new_group(backend="gloo", timeout=timedelta(minutes=cfg.dist_timeout_min))
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def quiet_other_ranks(rank: int):
+    """Ranks other than 0 print nothing to stdout and show no progress bars or library warnings: every
+    line would otherwise appear once per GPU. Errors (stderr) still come from every rank."""
+    if rank == 0:
+        return
+    sys.stdout = open(os.devnull, "w")
+    warnings.simplefilter("ignore")  # rank 0 shows each warning once
+    logging.getLogger("data").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def gather(obj) -> list:
@@ -856,36 +921,70 @@ def speed_metrics(batch: Batch, rows: Rows, update_s: float, cfg: Config, device
 # -----------------------------------------------------------------------------
 # Setup: data, model, optimizer
 
-def load_data(cfg: Config, tok) -> tuple[list, list]:
-    """(training samples, evaluation samples): the JSONL files given, or tasks built from the
-    built-in documents with the first cfg.eval_per_task of each task type held out.
-    --eval-only builds or reads the evaluation samples only (built sample i of a task depends on
-    (seed, task, i) alone, so building eval_per_task of each gives the same held-out split)."""
+def fail(message: str, code: int = 2):
+    """One line on stderr, no traceback, and exit `code`: 2 (as argparse) for what is wrong at start."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def read_data_files(cfg: Config) -> dict:
+    """{"data": samples, "eval_data": samples} of the JSONL files this run reads, read and checked
+    before the model loads: a bad record then stops the run in seconds, not after the model load.
+    A malformed record or a file without any: one line naming the full path (and line and field), exit 2."""
+    files = {}
+    for name in (["eval_data"] if cfg.eval_only else ["data", "eval_data"]):
+        path = getattr(cfg, name)
+        if not path:
+            continue
+        full = Path(path).absolute()  # skipped records are counted and logged by load_jsonl
+        try:
+            files[name] = data.load_jsonl(full, skip_unknown=cfg.skip_unknown_sources,
+                                          skip_bad_golds=cfg.skip_bad_golds)
+        except data.DataError as e:
+            fail(f"--{name.replace('_', '-')}: {e}")
+        if not files[name]:
+            fail(f"--{name.replace('_', '-')} {full}: " + ("the file is empty" if full.stat().st_size == 0
+                 else "no records in it (blank lines only, or every record skipped)"))
+    return files
+
+
+def load_data(cfg: Config, tok, files: dict | None = None) -> tuple[list, list]:
+    """(training samples, evaluation samples): the JSONL files given (`files`: read_data_files' result,
+    read here when None), or tasks built from the built-in documents with the first cfg.eval_per_task
+    of each task type held out. --eval-only builds or reads the evaluation samples only (built sample i
+    of a task depends on (seed, task, i) alone, so building eval_per_task of each gives the same
+    held-out split)."""
+    read = lambda name: files[name] if files is not None else data.load_jsonl(
+        getattr(cfg, name), skip_unknown=cfg.skip_unknown_sources, skip_bad_golds=cfg.skip_bad_golds)
     if cfg.eval_only:
         if cfg.eval_data:
-            return [], data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources,
-                                       skip_bad_golds=cfg.skip_bad_golds)
+            return [], read("eval_data")
         if cfg.data:
             sys.exit("--eval-only with --data needs --eval-data: a JSONL training set has no held-out split")
-        return [], tasks.build_tasks(tasks.load_documents(), tok, cfg.eval_per_task, cfg.context_tokens, cfg.seed)
-    if cfg.data:  # skipped records are counted and logged by load_jsonl
-        train_set = data.load_jsonl(cfg.data, skip_unknown=cfg.skip_unknown_sources,
-                                    skip_bad_golds=cfg.skip_bad_golds)
+        return [], build_tasks(cfg, tok, cfg.eval_per_task)
+    if cfg.data:
+        train_set = read("data")
         eval_set = []
     else:
-        built = tasks.build_tasks(tasks.load_documents(), tok, cfg.n_per_task + cfg.eval_per_task,
-                                  cfg.context_tokens, cfg.seed)
+        built = build_tasks(cfg, tok, cfg.n_per_task + cfg.eval_per_task)
         held: dict = {}
         train_set, eval_set = [], []
         for s in built:
             held[s.task] = held.get(s.task, 0) + 1
             (eval_set if held[s.task] <= cfg.eval_per_task else train_set).append(s)
     if cfg.eval_data:
-        eval_set = data.load_jsonl(cfg.eval_data, skip_unknown=cfg.skip_unknown_sources,
-                                   skip_bad_golds=cfg.skip_bad_golds)
+        eval_set = read("eval_data")
     if not train_set and not cfg.eval_only:
         sys.exit(f"no training samples (data: {cfg.data or 'built-in tasks'}): nothing to train on")
     return train_set, eval_set
+
+
+def build_tasks(cfg: Config, tok, n_per_task: int) -> list:
+    """tasks.build_tasks on the built-in documents; a context it cannot fill is one line, exit 2."""
+    try:
+        return tasks.build_tasks(tasks.load_documents(), tok, n_per_task, cfg.context_tokens, cfg.seed)
+    except RuntimeError as e:  # this tokenizer needs more room than tasks.MIN_CONTEXT_TOKENS
+        fail(f"--context-tokens {cfg.context_tokens}: {e}")
 
 
 def usable_prompts(samples: list, tok, cfg: Config, rank: int, world: int, log) -> tuple[list, int]:
@@ -916,10 +1015,11 @@ def usable_prompts(samples: list, tok, cfg: Config, rank: int, world: int, log) 
     return kept, dropped
 
 
-def prepare_data(cfg: Config, tok, rank: int, world: int, log) -> tuple[list, int, list, list]:
+def prepare_data(cfg: Config, tok, rank: int, world: int, log, files=None) -> tuple[list, int, list, list]:
     """(training samples that fit, how many were too long, evaluation samples, their prompt ids):
-    load_data, then usable_prompts (training only), then the evaluation prompts encoded once."""
-    train_set, eval_set = load_data(cfg, tok)
+    load_data (`files`: the JSONL files read before the model), then usable_prompts (training only),
+    then the evaluation prompts encoded once."""
+    train_set, eval_set = load_data(cfg, tok, files)
     dropped = 0  # training prompts too long for --max-prompt-tokens, dropped at load
     if not cfg.eval_only:
         train_set, dropped = usable_prompts(train_set, tok, cfg, rank, world, log)
@@ -1087,17 +1187,59 @@ def train_step(tr: Trainer, batch: Batch, adv: torch.Tensor, ref, sampler, model
 
 def save_step(step: int, cfg: Config, tr: Trainer, model, tok, batches, rank: int):
     """A checkpoint (checkpoint.save_checkpoint on rank 0). Collective: every rank gathers its random
-    state, and under fsdp the weights to rank 0 and its own AdamW shards to disk."""
+    state, and under fsdp the weights to rank 0 and its own AdamW shards to disk. A failed save (a
+    full disk) ends the run on every rank: one line, exit 1, the last good checkpoint left usable."""
     out_dir = Path(cfg.out_dir)
     rngs = gather(checkpoint.rng_state())  # every rank's generators, restored rank by rank
     weights = policy.full_state_dict(model, rank)  # fsdp: gathered to rank 0; ddp: None
-    optim_dir = (checkpoint.save_sharded_optimizer(out_dir, step, tr.net, tr.optimizer, rank)
-                 if sharded(cfg) and cfg.save_optimizer else None)  # fsdp: every rank its shards
+    failed = ""
+    try:
+        optim_dir = (checkpoint.save_sharded_optimizer(out_dir, step, tr.net, tr.optimizer, rank)
+                     if sharded(cfg) and cfg.save_optimizer else None)  # fsdp: every rank its shards
+        if rank == 0:
+            whole = tr.optimizer if cfg.save_optimizer and not sharded(cfg) else None
+            checkpoint.save_checkpoint(out_dir, step, model, tok, whole, tr.scheduler, batches,
+                                       cfg.keep_last, rngs, weights, optim_dir)
+    except checkpoint.SaveError as e:
+        failed = str(e)
+    # every rank learns whether any save failed (this also waits for rank 0, as a barrier would; on
+    # the gloo wait group: rank 0 may write for minutes)
+    if any(gather(bool(failed))):
+        if not failed:
+            sys.exit(1)  # the rank whose save failed says why
+        last = checkpoint.latest_checkpoint(out_dir, lambda *a: None)
+        fail(f"{failed}; the half-written folder was removed. Last good checkpoint: {last or 'none'}"
+             + (" (--resume continues from it)" if last else ""), code=1)
+
+
+def check_disk(cfg: Config, model, rank: int, device, log):
+    """Before anything is moved or written: half-written checkpoint folders of an earlier run removed
+    (rank 0), then one checkpoint must fit on out_dir's disk (every rank asks: under fsdp each writes
+    its AdamW shards). Else one line and exit 2, before the first step rather than at the first save."""
+    out_dir = Path(cfg.out_dir)
     if rank == 0:
-        whole = tr.optimizer if cfg.save_optimizer and not sharded(cfg) else None
-        checkpoint.save_checkpoint(out_dir, step, model, tok, whole, tr.scheduler, batches,
-                                   cfg.keep_last, rngs, weights, optim_dir)
-    wait_for_all()  # rank 0 may write for minutes
+        checkpoint.remove_partial_saves(out_dir, log)
+    need = checkpoint.checkpoint_bytes(sum(p.numel() for p in model.parameters()), cfg.save_optimizer)
+    problem = checkpoint.disk_problem(out_dir, need)
+    if all_reduce_list([bool(problem)], device, dist.ReduceOp.MAX)[0]:
+        if not problem:
+            sys.exit(2)  # the rank that is short of space says why
+        if cfg.overwrite and checkpoint.holds_run(out_dir):
+            problem += ("; the run --overwrite replaces is kept until this run's first checkpoint: delete "
+                        "it yourself to free its space")
+        fail(problem)
+
+
+def stop_run(signum: int, step: int, cfg: Config, argv, world: int, log):
+    """After SIGINT / SIGTERM: step `step` is saved; say how to continue, exit 128 + the signal."""
+    flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
+    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
+    log(f"\nstopped by {interrupt.NAMES[signum]} after step {step} of {cfg.steps}; checkpoint "
+        f"{checkpoint.latest_checkpoint(Path(cfg.out_dir), log)}\n"
+        f"  to continue: {launcher} train.py {shlex.join(flags + ['--resume'])}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(128 + signum)
 
 
 def finish_run(cfg: Config, start: int, seconds: float, log):
@@ -1105,7 +1247,8 @@ def finish_run(cfg: Config, start: int, seconds: float, log):
     out_dir = Path(cfg.out_dir)
     if cfg.plot:
         checkpoint.plot_rewards(out_dir)
-    lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl")]
+    path = out_dir / "metrics.jsonl"
+    lines = [json.loads(l) for l in open(path)] if path.exists() else []
     log(checkpoint.run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], seconds, out_dir, cfg.plot))
 
 
@@ -1122,6 +1265,7 @@ def main(argv=None):
     rank, world, device = setup_distributed(cfg)
     cfg = resolve_precision(cfg, device)
     log = print if rank == 0 else (lambda *a, **k: None)
+    quiet_other_ranks(rank)
     out_dir, t_start = Path(cfg.out_dir), time.perf_counter()
     if checkpoint.plot_only(cfg, out_dir):
         log(f"--plot: {out_dir} holds a run; drawing it, no training (--resume or --overwrite to train)")
@@ -1135,14 +1279,17 @@ def main(argv=None):
     torch.manual_seed(cfg.seed + rank)  # sampling seeds below are explicit; this covers the rest
     random.seed(cfg.seed + rank)
 
+    files = read_data_files(cfg)  # before the model: a bad record costs seconds, not a model load
     ckpt = checkpoint.weights_to_load(cfg, out_dir, log)
     tok, model, sampler, ref, eos_ids = load_policy(cfg, ckpt, rank, device, log)
-    train_set, dropped, eval_set, eval_ids = prepare_data(cfg, tok, rank, world, log)
+    train_set, dropped, eval_set, eval_ids = prepare_data(cfg, tok, rank, world, log, files)
     if cfg.eval_only:
         return eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log)
     batches = prompt_batches(train_set, cfg, rank, world)
     tr = make_trainer(model, cfg, world, device, log)
     log_memory(model, cfg, world, device, log)
+    check_disk(cfg, model, rank, device, log)
+    aside = checkpoint.start_run(cfg, out_dir, rank, log)  # all checks passed: the run starts here
     start = resume_state(ckpt, tr, batches, cfg, rank, world, log)
     metrics_path, names = out_dir / "metrics.jsonl", checkpoint.task_order({s.task for s in train_set})
     if rank == 0:  # keep only the steps the checkpoint had seen; damaged lines set aside, never lost
@@ -1150,6 +1297,7 @@ def main(argv=None):
 
     from tqdm import tqdm
     bar = tqdm(range(start + 1, cfg.steps + 1), disable=rank != 0, desc="train", dynamic_ncols=True)
+    stop, clock = interrupt.StopRequest().install(), interrupt.SaveClock(cfg.save_minutes)
     for step in bar:
         t_step = time.perf_counter()
         if device.type == "cuda":
@@ -1173,8 +1321,17 @@ def main(argv=None):
             with open(metrics_path, "a") as f:
                 f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
             checkpoint.log_step(bar, m, names)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+        # one fixed all-reduce per step on every rank: all see the same signal and the same save clock
+        signum, late = all_reduce_list([stop.signum, clock.due()], device, dist.ReduceOp.MAX)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or late or signum:
             save_step(step, cfg, tr, model, tok, batches, rank)
+            clock.saved()
+            checkpoint.drop_aside(aside if rank == 0 else None, step, log)
+            aside = None
+        if signum and step < cfg.steps:
+            stop.restore()
+            stop_run(int(signum), step, cfg, argv, world, log)
+    stop.restore()
     if rank == 0:
         finish_run(cfg, start, time.perf_counter() - t_start, log)
     if dist.is_initialized():
@@ -1183,4 +1340,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop, which handles it itself
+        print("\ninterrupted (Ctrl-C) outside the training steps; checkpoints saved so far are intact",
+              file=sys.stderr)
+        sys.exit(130)
