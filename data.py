@@ -9,9 +9,9 @@ difficulty filter live in tasks.py (`python tasks.py build ...`).
     my_prompts = batches.next_batch()                               # this rank's disjoint share
 
 Every record of the released set maps to one of the nine task types of rewards.TASKS and a gold
-answer in the type its metric reads (SPEC section 8); a malformed record is a DataError naming the
+answer in the type its metric reads (the released format); a malformed record is a DataError naming the
 file, the line and the field, and so is a gold its metric could not score (checked by rewards.parse_gold,
-the code that scores it). The paper drops prompts longer than the context budget (SPEC section 6);
+the code that scores it). The paper drops prompts longer than the context budget;
 encode_prompts does that by default and can instead cut the middle of the longest document.
 """
 
@@ -50,7 +50,7 @@ class DataError(ValueError):
 
 
 # -----------------------------------------------------------------------------
-# Reading and writing the released format (SPEC section 8)
+# Reading and writing the released format
 
 # LongBench-Pro's 25 sub-tasks, keyed by their code, with the task type their metric belongs to.
 LONGBENCH_PRO = {
@@ -202,7 +202,7 @@ def parse_record(rec, where: str, default_id: Optional[str] = None) -> Sample:
             raise DataError(f"{where}: field 'prompt[{i}]' must be {{\"role\": str, \"content\": str}}")
     gt = _get(_get(rec, "reward_model", dict, where), "ground_truth", (dict, list, str), where,
               "reward_model.ground_truth")
-    if isinstance(gt, list):  # some records wrap it: the last element is the dict (SPEC section 8)
+    if isinstance(gt, list):  # some records wrap it: the last element is the dict
         if not gt or not isinstance(gt[-1], (dict, str)):
             raise DataError(f"{where}: field 'reward_model.ground_truth' is a list without a dict at the end")
         gt = gt[-1]
@@ -214,7 +214,7 @@ def parse_record(rec, where: str, default_id: Optional[str] = None) -> Sample:
     if read is None:
         raise _Unknown("unknown_data_source", f"{where}: unknown data_source {source!r}; known: {', '.join(SOURCES)}")
     task, answer, gt_name = read(gt, extra, where)
-    try:  # the gold read by the same code that will score it (issue 12 item 8): a bad one stops here
+    try:  # the gold read by the same code that will score it : a bad one stops here, not at the first step that scores it
         rewards.parse_gold(task, answer)
     except ValueError as e:
         raise _BadGold(f"{where}: field {gt_name!r} is not a valid gold for {task}: {e}") from None
@@ -363,7 +363,7 @@ def encode_prompts(samples: Sequence[Sample], tokenizer, max_prompt_tokens: int,
                    truncate: bool = False) -> tuple[list[list[int]], list[Sample], dict]:
     """Token ids of each chat-templated prompt (generation prompt included) within max_prompt_tokens.
 
-    The paper drops longer prompts (SPEC section 6); with truncate=True they are cut in the middle of
+    The paper drops longer prompts; with truncate=True they are cut in the middle of
     their longest document part instead (the returned Sample carries the cut prompt and
     meta["truncated"] = True). Returns (ids, kept samples in input order, counts)."""
     ids, kept = [], []

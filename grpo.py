@@ -3,7 +3,7 @@ memory-safe log-probs. Imports only torch; every function can be copied on its o
 
     from grpo import group_advantages, policy_loss, rollout_is_weights, token_logprobs
 
-What is here (SPEC sections 2-4 of the GoLongRL recipe, arXiv 2605.19577):
+What is here (the GoLongRL recipe's advantages, loss and importance weights, arXiv 2605.19577):
   group_advantages   vanilla GRPO (or Dr. GRPO with scale=False): per-prompt mean and std
   policy_loss        PPO clip with clip-higher (0.2 / 0.28) and dual-clip (3.0), token-mean, no KL
   rollout_is_weights per-token importance weights between the trainer's and the sampler's log-probs
@@ -44,7 +44,7 @@ def group_advantages(rewards: Tensor, group_ids: Ids, eps: float = 1e-6, scale: 
     """GRPO advantages A_xj = (r_xj - mu_x) / (s_x + eps), [B].
 
     rewards [B]; group_ids [B] says which prompt each sample answers. s_x is the unbiased std of the
-    prompt's rewards. A prompt with a single sample uses mu = 0, s = 1 (SPEC section 2), so its
+    prompt's rewards. A prompt with a single sample uses mu = 0, s = 1 (the recipe's convention), so its
     advantage is its reward. scale=False is Dr. GRPO: A = r - mu, no division by the std.
     """
     r = rewards if rewards.is_floating_point() else rewards.float()
@@ -68,7 +68,7 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
                 is_weights: Optional[Tensor] = None, agg: str = "token-mean",
                 num_tokens: Optional[float] = None, num_seqs: Optional[float] = None
                 ) -> tuple[Tensor, dict]:
-    """Clipped policy-gradient loss (SPEC section 3). Returns (scalar loss, metrics of floats).
+    """Clipped policy-gradient loss (clip-higher and dual-clip, as the recipe). Returns (scalar loss, metrics of floats).
 
     logprobs, old_logprobs [B, T]: log p of each response token under the current policy (with grad)
         and under the policy that made the batch (no grad; equal to logprobs at the first update).
@@ -133,7 +133,7 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
 
 def rollout_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor,
                        low: float = 0.5, high: float = 5.0, veto: float = 1e-4) -> tuple[Tensor, dict]:
-    """Per-token weights w = p_train / p_rollout, [B, T], no gradient (SPEC section 4).
+    """Per-token weights w = p_train / p_rollout, [B, T], no gradient (the rollout importance-sampling correction).
 
     Tokens whose weight falls outside [low, high] get weight 0 (dropped, not clamped). A sequence with
     any valid token whose ratio is below `veto` is dropped whole: one catastrophically mismatched

@@ -1,7 +1,7 @@
 """The policy model: loading it (the embedded default, a hub id or a local folder), its bf16 sampler
 copy, the ids that end a turn, and the training forward that turns token ids into the log-probs of
-the response tokens: per row (the reference) or with each prompt shared by its group (issue 10); its
-DDP / FSDP2 wrapping (issue 11) and the memory it needs per GPU, by arithmetic (memory_estimate).
+the response tokens: per row (the reference) or with each prompt shared by its group; its
+DDP / FSDP2 wrapping and the memory it needs per GPU, by arithmetic (memory_estimate).
 
     import policy
     lm = policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu"))
@@ -16,7 +16,7 @@ DDP / FSDP2 wrapping (issue 11) and the memory it needs per GPU, by arithmetic (
     policy.memory_estimate(n_params, lm.config, kv_positions)   # bytes per GPU (train.py logs it on CUDA)
 
 train.py and tasks.py both import this file, so the two agree on the model and on where a
-response ends (issue 13: no import cycle, one set of EOS ids).
+response ends (no import cycle, one set of EOS ids).
 """
 
 import copy
@@ -284,7 +284,7 @@ def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attenti
 
 
 # -----------------------------------------------------------------------------
-# Sharding: DDP or FSDP2 (issue 11)
+# Sharding: DDP or FSDP2
 #
 # ddp : every rank holds the whole float32 model, its gradients and AdamW's two moments
 #       (16 bytes per parameter) and all-reduces gradients once per optimizer step.
@@ -387,7 +387,7 @@ def sync_sampler(sampler: nn.Module, model: nn.Module):
     """Copy the trainer's weights into the sampler after an update, one parameter at a time: a
     sharded parameter is gathered already in the sampler's dtype (bf16 on CUDA), so at most one
     full parameter is in flight and no second full float32 model ever exists. Buffers are not
-    touched: RoPE's inv_freq stays in its own dtype (issue 9)."""
+    touched: RoPE's inv_freq stays in its own dtype (float32: bf16 breaks long-range positions)."""
     dst = dict(sampler.named_parameters())
     for name, p in model.named_parameters():
         dst[name].copy_(_full(p, dst[name].dtype))
@@ -472,7 +472,7 @@ def wave_kv_positions(cfg, world: int) -> int:
 def memory_estimate(n_params: int, config=None, kv_positions: int = 0, sampler: bool = True,
                     bucket_view: bool = True, shard: str = "ddp", world: int = 1,
                     accumulate: bool = False) -> dict:
-    """Bytes per GPU for a model of n_params = N parameters (issues 9 and 11), before activations:
+    """Bytes per GPU for a model of n_params = N parameters, before activations:
 
         weights fp32 4N + gradients fp32 4N + AdamW exp_avg, exp_avg_sq 8N   = 16N (ddp), 16N/world (fsdp)
         + DDP's gradient buckets 4N unless gradient_as_bucket_view (then they *are* the gradients)

@@ -5,7 +5,7 @@
     rs = score_batch(tasks, responses, answers, processes=8)                                # list[float]
 
 GoLongRL's first claim is that each long-context capability needs its own metric as reward instead of one
-binary check (SPEC section 7). Each metric below is a pure function `(response, answer) -> float in [0, 1]`:
+binary check (the paper's format gate). Each metric below is a pure function `(response, answer) -> float in [0, 1]`:
 `response` is the model's answer text, `answer` the gold in its natural type. `score` first cuts the
 thinking off (text up to the last "</think>"), optionally applies the format gate, then dispatches.
 
@@ -29,8 +29,8 @@ Model output is untrusted text, thousands of responses per step, each up to 16K 
     Fractions where possible: no eval, exec or sympy touches model text;
   * every metric reads at most the last MAX_ANSWER_CHARS = 65,536 characters of the answer (about 16K
     tokens; from a line break on, so no line is read in part), and the parser at most MAX_EXPR_CHARS =
-    500, nested at most MAX_DEPTH deep, with exact numbers of at most MAX_BITS bits (issue 15 item 8,
-    issue 14). exact_match alone compares the whole answer, a C-speed string compare. Every metric on
+    500, nested at most MAX_DEPTH deep, with exact numbers of at most MAX_BITS bits (model output is
+    untrusted text). exact_match alone compares the whole answer, a C-speed string compare. Every metric on
     any 1 MB string returns in well under 100 ms (tested); the regexes have no nested quantifiers and
     never rescan text, and ROUGE-L's LCS is bit-parallel over Python ints (`lcs_length`; the plain
     O(n*m) DP `lcs_length_dp` is kept next to it as the reference: ~900x slower at 16K x 1K tokens,
@@ -50,7 +50,7 @@ Where this departs from the released scorers (and why):
   * ROUGE-L reads only the answer after "</think>": the thinking would otherwise be scored as summary text.
   * list metrics compare whole lines (lowercased, whitespace collapsed), never substrings, and duplicate
     predicted lines count once: pasting the document, or one right line ten times, earns nothing extra.
-  * summarization uses ROUGE-L as GoLongRL's recipe does (SPEC section 7); LongBench-Pro's own evaluator
+  * summarization uses ROUGE-L as GoLongRL's recipe does; LongBench-Pro's own evaluator
     scores summaries with an embedding model, which a stdlib-only reward cannot run.
   * ROUGE-L tokens are Unicode alphanumeric runs with each CJK character one token. On ASCII text this is
     exactly rouge-score's tokenizer (no stemming); rouge-score drops non-ASCII letters such as "é".
@@ -69,7 +69,7 @@ from fractions import Fraction
 from math import log2
 from typing import Callable, Optional, Sequence
 
-# Bounds on what untrusted text can cost (issue 14, issue 15 item 8): every metric on any 1 MB string
+# Bounds on what untrusted text can cost: every metric on any 1 MB string
 # returns in well under 100 ms, math_equal in under 10 ms.
 MAX_ANSWER_CHARS = 65_536  # every metric reads at most this tail of the answer (~16K tokens)
 MAX_EXPR_CHARS = 500       # a boxed or final answer longer than this is not parsed
@@ -116,7 +116,7 @@ def answer_text(response: str) -> str:
 
 
 def format_ok(response: str) -> bool:
-    """SPEC section 7 gate for thinking models: exactly one "</think>" and at most one "<think>".
+    """The paper's format gate for thinking models: exactly one "</think>" and at most one "<think>".
 
     Qwen3 thinking templates put "<think>" in the prompt, so the response may hold only the closing tag.
     """
@@ -125,7 +125,7 @@ def format_ok(response: str) -> bool:
 
 
 def _norm(line: str) -> str:
-    # Lowercase and collapse runs of whitespace: how list items are compared (SPEC section 7).
+    # Lowercase and collapse runs of whitespace: how list items are compared.
     return " ".join(line.lower().split())
 
 
@@ -372,7 +372,7 @@ def _boxed(text: str) -> Optional[str]:
     """Contents of the last \\boxed{...}, nested braces allowed; None if absent, unbalanced, or not
     closed within MAX_EXPR_CHARS characters (the parser would not read a longer answer anyway).
 
-    One pass over at most MAX_EXPR_CHARS characters (issue 15 item 8: the old find-hops rescanned
+    One pass over at most MAX_EXPR_CHARS characters (the old find-hops rescanned
     the text after every brace, 2.8 s on a 1 MB "\\boxed{{{{...")."""
     k = text.rfind("\\boxed{")
     if k < 0:
@@ -388,7 +388,7 @@ def _boxed(text: str) -> Optional[str]:
 
 
 # -----------------------------------------------------------------------------
-# LaTeX and plain arithmetic: a small recursive-descent parser (issue 14), no eval
+# LaTeX and plain arithmetic: a small recursive-descent parser, no eval
 
 # The grammar, loosest binding first (each line one method of _Parser):
 #   answer  := item ("," item)*                 several items: a bare list, compared as a set
@@ -856,7 +856,7 @@ def _final_answer(text: str):
     """The response's final answer as parse_math's (value, percent), or None: the last \\boxed{...}
     (parsed whole: "x = 5" reads 5, "12 apples" reads 12, "2, 3" is a list), else the expression
     after the last "answer is", else the last number in the last 4,000 characters (the regex reading
-    of prose, as before issue 14)."""
+    of prose)."""
     box = _boxed(text)
     if box is not None:
         return parse_math(box)
@@ -1084,7 +1084,7 @@ TASKS: dict[str, Callable] = {
 }
 POOL_MIN_BATCH = 64  # below this a process pool costs more to start than it saves
 
-# Task name -> the function its metric reads the gold with (issue 12 item 8). Each metric above calls
+# Task name -> the function its metric reads the gold with (a bad gold is refused at load). Each metric above calls
 # the same function first, so a gold that parse_gold accepts is one the metric can score, and a gold
 # it refuses would have made the metric raise: load-time checks and scoring cannot disagree.
 GOLD_READERS: dict[str, Callable] = {

@@ -169,7 +169,7 @@ def plan_waves(lengths: list[int], n: int, max_new_tokens: int, budget: int | No
     Longest first, so prompts of similar length share a wave and padding stays small.
 
     A prompt that alone needs more than the budget forms a wave of its own instead of failing
-    (issue 9: the paper's G=16 x 16,384 new tokens alone is 262,144 KV tokens); that wave holds
+    (the paper's G=16 x 16,384 new tokens alone is 262,144 KV tokens); that wave holds
     more than the budget, and `generate` says so once per process. The greedy loop does this by
     itself: adding a prompt to a wave never lowers its cost, so such a prompt joins no wave and no
     prompt joins it.

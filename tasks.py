@@ -1,5 +1,5 @@
 """Tasks of all nine GoLongRL types built from real documents, and the difficulty filter
-(arXiv 2605.19577, SPEC section 9). Writes the released JSONL format, which data.py reads for training.
+(arXiv 2605.19577). Writes the released JSONL format, which data.py reads for training.
 
     python tasks.py build --out tasks.jsonl --context-tokens 1024              # built-in docs, seconds
     python tasks.py build --out t.jsonl --context-tokens 32768 --docs books/ --tokenizer PATH_OR_ID
@@ -8,7 +8,7 @@
     import tasks
     samples = tasks.build_tasks(tasks.load_documents(), tokenizer, n_per_task=8, context_tokens=1024, seed=0)
 
-The paper builds its ~23K samples in four phases (SPEC section 9): a capability taxonomy, sources
+The paper builds its ~23K samples in four phases: a capability taxonomy, sources
 (curated long-context sets plus real books, papers and dialogues), QA pairs written by models on the
 real documents and cross-checked, then difficulty labelling by pass rate (solve_rate here). We keep
 the taxonomy (the nine task types of rewards.TASKS) and phase 4, and replace model-written QA with
@@ -539,7 +539,7 @@ def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, conte
 #
 # A prompt's solve rate here is the fraction of its samples with reward >= threshold (default 0.5).
 # It is not tmn.pass_rates, the paper's p_x (reward > the task's threshold t_x, from the batch), which
-# train.py logs as pass_rate/{task}: two quantities, two names (issue 13 item 6).
+# train.py logs as pass_rate/{task}: two quantities, two names.
 
 def solve_rate(rewards_of_prompt: Sequence[float], threshold: float = 0.5) -> float:
     """Fraction of a prompt's G samples that solve it (reward >= threshold). For binary rewards this is
@@ -582,7 +582,7 @@ def measure_solve_rates(samples: Sequence[Sample], model_path: str, *, n: int = 
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    eos = policy.eos_token_ids(tok, model)  # where training ends a response (issue 13 item 4)
+    eos = policy.eos_token_ids(tok, model)  # where training ends a response
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
     rates = []
     for a in range(0, len(samples), prompts_per_call):
@@ -607,7 +607,7 @@ class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """`python tasks.py build ...`; --help shows every default (issue 12 item 6)."""
+    """`python tasks.py build ...`; --help shows every default."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build tasks of all nine types from documents and write JSONL",

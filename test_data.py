@@ -175,7 +175,7 @@ def lbp_record(code, doc_ids):
     return record("longbench_pro", {"doc_ids": doc_ids}, reward_mode=f"{code} {data.LONGBENCH_PRO[code][0]}")
 
 
-# One bad gold per task type (issue 12 item 8): (record, field named in the error, the metric's reason).
+# One bad gold per task type: (record, field named in the error, the metric's reason).
 BAD_GOLD_RECORDS = {
     "precise_retrieval": (record("EM", {"golden_label": "   "}), "golden_label", "non-empty string"),
     "comprehension": (record("selection", {"golden_label": ""}), "golden_label", "a letter or text"),
@@ -251,7 +251,7 @@ def test_lone_surrogate_is_rejected_with_line_and_field(tmp_path, where, field):
         bad["prompt"][0]["content"] = "Documents \udfff... Question?"
     if where == "extra":
         bad["extra_info"]["question"] = "Question \udbff?"
-    line = json.dumps(bad)  # ensure_ascii: the surrogate is written as the escape \\udXXX, as in the issue
+    line = json.dumps(bad)  # ensure_ascii: the surrogate is written as the escape \\udXXX, as a user reported it
     assert "\\ud" in line
     path = write_jsonl(tmp_path / "r.jsonl", [record("EM", {"golden_label": "ok"}), line])
     with pytest.raises(DataError) as e:

@@ -1,4 +1,4 @@
-"""Faults and bad input (issue 15): bad flags refused at start, damaged checkpoints and metrics files
+"""Faults and bad input: bad flags refused at start, damaged checkpoints and metrics files
 survived, non-finite numbers kept out of metrics.jsonl and out of the advantages.
 
     python -m pytest -q test_faults.py

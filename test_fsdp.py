@@ -1,4 +1,4 @@
-"""--shard fsdp (FSDP2) against --shard ddp and one process, on 2 CPU ranks with gloo (issue 11).
+"""--shard fsdp (FSDP2) against --shard ddp and one process, on 2 CPU ranks with gloo.
 
     OMP_NUM_THREADS=1 python -m pytest -q test_fsdp.py
 

@@ -1,4 +1,4 @@
-"""grpo.py against direct transcriptions of SPEC sections 2-4 and the naive full-vocab log-softmax."""
+"""grpo.py against direct transcriptions of the recipe's formulas and the naive full-vocab log-softmax."""
 
 import math
 
@@ -42,7 +42,7 @@ def test_grpo_order_and_id_types():
 # policy_loss
 
 def loss_reference(logp, old, adv, mask, is_w=None, cl=0.2, ch=0.28, dc=3.0):
-    """SPEC section 3 token by token in Python floats. Returns (token-mean, seq-mean-token-mean, metrics)."""
+    """The clipped loss token by token in Python floats. Returns (token-mean, seq-mean-token-mean, metrics)."""
     B, T = logp.shape
     total, n, seq_means, clip, kl, lower = 0.0, 0, [], 0, 0.0, 0
     for i in range(B):

@@ -68,7 +68,7 @@ def test_tasks_table_and_errors():
         score("numerical_reasoning", "no think tag", "twelve", require_think=True)
 
 
-# One bad gold per task type (issue 12 item 8), with what the error must say.
+# One bad gold per task type, with what the error must say.
 BAD_GOLDS = {
     "precise_retrieval": ("   ", "exact_match: gold answer must be a non-empty string"),
     "comprehension": ([], "choice_accuracy: gold answer is an empty list"),
@@ -260,7 +260,7 @@ def test_pairwise_accuracy_matches_brute_force():
     ("12", "$\\boxed{12}$", 1.0),
     ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
     ("\\boxed{\\dfrac{6}{8}}", "\\frac{3}{4}", 1.0),
-    ("\\boxed{\\frac{\\frac{3}{4}}{2}}", "0.375", 1.0),        # nested \frac: parsed whole (issue 14)
+    ("\\boxed{\\frac{\\frac{3}{4}}{2}}", "0.375", 1.0),        # nested \frac: parsed whole
     ("$\\boxed{x = -\\tfrac{1}{2}}$", "-0.5", 1.0),
     ("3/4 of them", "0.75", 1.0),
     ("The answer is 1,234,567 dollars", "1234567", 1.0),
@@ -275,7 +275,7 @@ def test_pairwise_accuracy_matches_brute_force():
     ("about 3.14159", "3.1416", 1.0),                            # relative error 2.7e-6
     ("about 3.14", "3.1416", 0.0),                               # relative error 5e-4
     ("1000.09", "1000.01", 1.0), ("1000.12", "1000.01", 0.0),    # the 1e-4 edge (8e-5, 1.1e-4)
-    ("100.009", "100", 0.0), ("100.0", "100", 1.0),              # an integer gold is exact (issue 14)
+    ("100.009", "100", 0.0), ("100.0", "100", 1.0),              # an integer gold is exact
     ("0", "0", 1.0), ("0.00001", "0", 0.0),                      # zero gold: exact
     ("the answer is \u22125", "-5", 1.0),                         # unicode minus
     ("pages 3-5", "5", 1.0),                                     # a hyphen after a digit is no sign
@@ -344,7 +344,7 @@ def test_boxed_equals_the_character_walk():
 def test_math_equal_never_runs_model_text():
     # Text that an eval-based scorer would execute: here it is just characters without a number.
     assert math_equal("__import__('os').system('echo hacked')", "0") == 0.0
-    # "2**10" is read by the hand-written parser as a power (issue 14), never run.
+    # "2**10" is read by the hand-written parser as a power, never run.
     assert math_equal("\\boxed{2**10}", "1024") == 1.0
     assert math_equal("\\boxed{__import__('os')}", "0") == 0.0
 
@@ -482,7 +482,7 @@ ADVERSARIAL = {
     "exponents": "1e9999" * (HUGE // 6),
     "answer is": "answer is " * (HUGE // 10),
     "lines": "a\nb\nc\nd\n" * (HUGE // 8),
-    "boxed deep braces": "\\boxed{" + "{" * HUGE + "}",  # 2.8 s in _boxed before issue 15 item 8
+    "boxed deep braces": "\\boxed{" + "{" * HUGE + "}",  # 2.8 s in _boxed with the old scan
     "boxed braces": "\\boxed{" + "{}" * (HUGE // 2),
     "table rows": "<answer>{\"data\": [" + "[1],\n" * (HUGE // 5) + "[1]]}</answer>",  # 3.1 s before
 }
@@ -506,7 +506,7 @@ def _seconds(fn, *args, repeat: int = 3) -> tuple[float, object]:
 
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
 def test_one_megabyte_adversarial_inputs(name):
-    # Each call must come back with a valid reward, and fast: issue 15 item 8 asks every metric to take
+    # Each call must come back with a valid reward, and fast: every metric must take
     # under 100 ms on any 1 MB string (a regex that backtracks, or a quadratic scan, would take seconds).
     text = ADVERSARIAL[name]
     for metric_name, metric in METRICS.items():
@@ -527,11 +527,11 @@ def test_adversarial_values_are_sensible():
 
 
 # -----------------------------------------------------------------------------
-# LaTeX and plain arithmetic (issue 14): the answers thinking models write, read by rewards.parse_math
+# LaTeX and plain arithmetic: the answers thinking models write, read by rewards.parse_math
 
 # (label, response, gold, expected reward). Labels name the construct; "neg:" cases must score 0.
 LATEX_CASES = [
-    # The issue's examples: each scored 0 before the parser.
+    # Answers thinking models write: each scored 0 before the parser.
     ("power of ten, negative", r"\boxed{10^{-3}}", "0.001", 1.0),
     ("power of two", r"\boxed{2^{10}}", "1024", 1.0),
     ("power, bare exponent", r"\boxed{10^6}", "1000000", 1.0),
@@ -766,12 +766,12 @@ def _math_verify_score(response: str, gold: str) -> float:
 # Where math_verify 0.9.0 (the paper's scorer) and math_equal disagree on LATEX_CASES, and why we keep
 # ours. In every case math_verify scores 0 and we score 1.
 MATH_VERIFY_DISAGREEMENTS = {
-    "python power": "math_verify does not read ** (issue 14 asks for it)",
+    "python power": "math_verify does not read ** (we do)",
     "right-associative power": "math_verify reads 2^3^2 as (2^3)^2 = 64; the convention is 2^(3^2) = 512",
     "thin space thousands": "math_verify reads 1\\,000\\,000 as 1*0*0; \\, is a thousands thin space",
-    "scientific e": "math_verify reads 1e-3 as 1*e - 3 (Euler's e); issue 14 asks for scientific notation",
+    "scientific e": "math_verify reads 1e-3 as 1*e - 3 (Euler's e); we read scientific notation",
     "gold scientific": "the same, on the gold side: 2.5e-4 read as 2.5*e - 4",
-    "num": "math_verify does not know siunitx \\num{}; issue 14 asks for it",
+    "num": "math_verify does not know siunitx \\num{}; we read it",
     "two pi": "math_verify rounds both to 6 decimals and compares; we use relative tolerance 1e-4 "
               "(6.2832 vs 2pi: 3e-6)",
     "within 1e-4": "the same tolerance difference (3.14159 vs 3.14160: 3e-6)",

@@ -103,7 +103,7 @@ def test_waves_under_kv_budget_give_the_same_rollout():
 
 
 def test_prompt_over_the_kv_budget_runs_in_a_wave_of_its_own(capsys, monkeypatch):
-    # issue 9: the 30-token prompt alone needs 30 + 2 x 8 = 46 KV tokens > 40; it used to raise
+    # the 30-token prompt alone needs 30 + 2 x 8 = 46 KV tokens > 40; it used to raise
     model = tiny_llama(initializer_range=INIT)
     prompts = random_prompts(model.config.vocab_size, [12, 30, 7, 19])
     kw = dict(temperature=0, eos_token_ids=2, pad_token_id=0)  # greedy: sampled draws follow wave order
@@ -137,7 +137,7 @@ def test_plan_waves_at_the_paper_recipe_sizes():
         over = [lengths[w[0]] for w in waves if kv(w) > budget]
         assert over == ([] if budget == recipe else sorted(lengths, reverse=True))
     assert kv([1]) == recipe  # the longest prompt fills the recipe's budget exactly
-    assert rollout.plan_waves([100, 100], n, new, 262_144) == [[0], [1]]  # the issue's crash
+    assert rollout.plan_waves([100, 100], n, new, 262_144) == [[0], [1]]  # the paper's sizes: used to raise
     # an oversized prompt does not stop smaller ones from sharing a wave: 6 + 5 + 2 x 2 x 4 = 28 <= 30
     assert rollout.plan_waves([5, 50, 6], 2, 4, 30) == [[1], [2, 0]]
 
@@ -229,7 +229,7 @@ def test_sampling_frequencies_follow_the_filtered_distribution():
 
 
 # -----------------------------------------------------------------------------
-# The bf16 sampler the rollouts run on (policy.make_sampler): RoPE frequencies stay float32 (issue 9)
+# The bf16 sampler the rollouts run on (policy.make_sampler): RoPE frequencies stay float32
 
 def tail_logprobs(model, ids: torch.Tensor, k: int) -> torch.Tensor:
     """log p of the last k tokens of ids [1, L] given the ones before, float32 [k]. The LM head runs

@@ -126,7 +126,8 @@ def uneven_run(tiny, qwen_tokenizer, tmp_path_factory):
     limit = lengths[len(lengths) // 2]  # about half the prompts are too long
     argv = args(tiny, d / "out", "--steps", "2", "--prompts-per-step", "4", "--max-gen-rounds", "2",
                 "--max-prompt-tokens", str(limit), "--micro-batch-tokens", str(limit + 20),
-                "--mini-batches", "2", "--eval-every", "2", "--save-every", "1")
+                "--mini-batches", "2", "--eval-every", "2", "--save-every", "1",
+                "--eval-data", str(tiny / "tasks.jsonl"))
     proc = torchrun(driver, argv, d)
     return d / "out", proc, sum(L > limit for L in lengths)
 
@@ -136,7 +137,7 @@ def test_uneven_ranks_finish(uneven_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert too_long > 0
     assert [m["step"] for m in metrics(out)] == [1, 2]
-    # DDP keeps no second gradient-sized buffer (issue 9 item 5)
+    # DDP keeps no second gradient-sized buffer
     assert json.load(open(out.parent / "ddp_flags_rank0.json"))["gradient_as_bucket_view"] is True
     assert all(m["dropped_too_long"] == too_long for m in metrics(out))
 

@@ -254,7 +254,7 @@ def test_measure_solve_rates_with_a_tiny_model(tiny_model_dir, built_default):
 
 def test_filter_stops_on_the_training_eos_ids(tiny_model_dir, built_default, monkeypatch):
     """The filter's responses end where training's do: policy.eos_token_ids, which for the Qwen
-    tokenizer holds <|endoftext|> as well as the tokenizer's own EOS <|im_end|> (issue 13 item 4)."""
+    tokenizer holds <|endoftext|> as well as the tokenizer's own EOS <|im_end|>."""
     rollout = pytest.importorskip("rollout")
     import policy
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,4 +1,4 @@
-"""TMN-Reweight against the issue's worked example and a direct per-prompt transcription of SPEC 2."""
+"""TMN-Reweight against a worked example and a direct per-prompt transcription of its formulas."""
 
 import math
 import random
@@ -9,7 +9,7 @@ import torch
 from grpo import group_advantages
 from tmn import group_stats, pass_rates, tmn_reweight
 
-# Worked example (issue 2): G = 4; task A binary, task B graded.
+# Worked example: G = 4; task A binary, task B graded.
 REWARDS = [1, 0, 0, 0, 1, 1, 1, 0, .2, .25, .3, .35, .9, .1, .5, .5]
 GROUPS = ["A1"] * 4 + ["A2"] * 4 + ["B1"] * 4 + ["B2"] * 4
 TASKS = ["A"] * 8 + ["B"] * 8
@@ -20,7 +20,7 @@ TMN_RW = [1.926, -.389, -.389, -.389, .389, .389, .389, -1.926, -.319, -.106, .1
 
 
 def reference(rewards, groups, tasks, alpha=0.8, gamma=1.0, eps=1e-6, reweight=True):
-    """SPEC section 2 written out prompt by prompt with Python floats: the slow obvious version."""
+    """TMN-Reweight written out prompt by prompt with Python floats: the slow obvious version."""
     by_group = {}
     for i, g in enumerate(groups):
         by_group.setdefault(g, []).append(i)

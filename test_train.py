@@ -286,7 +286,7 @@ def test_ddp_two_ranks_match_one_process(tiny, tmp_path):
                        env=env, cwd=tmp_path, timeout=300, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     # rank 0 alone prints; DDP's deprecation notice for broadcast_buffers is silenced
-    assert r.stdout.count("rollout: attention path") == 1 and r.stdout.count("training samples") == 1
+    assert r.stdout.count("attention kernels:") == 1 and r.stdout.count("training samples") == 1
     assert "broadcast_buffers" not in r.stderr
     p1 = torch.load(tmp_path / "one" / "params_rank0.pt", weights_only=True)
     r0 = torch.load(tmp_path / "two" / "params_rank0.pt", weights_only=True)

@@ -8,7 +8,7 @@ exact match next to graded ROUGE-L or NDCG. Vanilla GRPO divides each prompt's c
 prompt's own std, so a graded prompt whose samples differ by 0.05 gets the same advantage magnitude as
 a binary prompt whose samples differ by 1: tiny, noisy reward gaps are blown up to full-size updates.
 
-The fix, in two steps (SPEC section 2; x = prompt, j = sample, k = the task of x, eps = 1e-6):
+The fix, in two steps (x = prompt, j = sample, k = the task of x, eps = 1e-6):
 
     TMN       A_xj = (r_xj - mu_x) / (sigma_k + eps),   sigma_k = sqrt(mean_{x in k} var_x)
     Reweight  t_x = alpha*mu_x + (1 - alpha)*mbar_k,    mbar_k = mean_{x in k} mu_x
@@ -91,7 +91,7 @@ def group_stats(rewards: Tensor, group_ids: Ids, task_ids: Ids, alpha: float = 0
     mean = _group_sum(rewards, group, X) / count                                 # [X]
     sq = _group_sum((rewards - mean[group]) ** 2, group, X)                      # [X]
     var = sq / (count - 1).clamp(min=1)
-    # SPEC: a single-sample prompt has mu = 0, var = 1 (nothing to compare it with).
+    # the recipe: a single-sample prompt has mu = 0, var = 1 (nothing to compare it with).
     mean = torch.where(single, torch.zeros_like(mean), mean)
     var = torch.where(single, torch.ones_like(var), var)
 

@@ -1263,9 +1263,9 @@ def main(argv=None):
     # (set before the first CUDA allocation; a value the user set wins)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     rank, world, device = setup_distributed(cfg)
-    cfg = resolve_precision(cfg, device)
     log = print if rank == 0 else (lambda *a, **k: None)
     quiet_other_ranks(rank)
+    cfg = resolve_precision(cfg, device)
     out_dir, t_start = Path(cfg.out_dir), time.perf_counter()
     if checkpoint.plot_only(cfg, out_dir):
         log(f"--plot: {out_dir} holds a run; drawing it, no training (--resume or --overwrite to train)")
