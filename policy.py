@@ -6,13 +6,13 @@ DDP / FSDP2 wrapping and the memory it needs per GPU, by arithmetic (memory_esti
     import policy
     lm = policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu"))
     net = policy.Policy(lm, temperature=1.0, chunk=1024)        # what DDP wraps
-    lp = policy.forward_logprobs(net, rows, [0, 1], pad_id, device)  # [2, T] response log-probs
-    with policy.shared_prefix_setting(lm):                      # open until backward has run
+    with attention.setting(lm):                                 # open until backward has run
+        lp = policy.forward_logprobs(net, rows, [0, 1], pad_id, device)  # [2, T] response log-probs
         lp = policy.forward_logprobs_shared(net, rows, [0, 1], pad_id, device)  # the same, prompt once
 
     python -m pytest -q test_policy.py       # shared == per-row: log-probs, gradients, split groups
     python bench.py --only prefix            # forward+backward time and memory, per-row vs shared
-    python policy.py                         # per-GPU memory, ddp vs fsdp (README, FSDP2 section)
+    python policy.py                         # per-GPU memory: ddp vs fsdp, and each phase at the paper's sizes
     policy.memory_estimate(n_params, lm.config, kv_positions)   # bytes per GPU (train.py logs it on CUDA)
 
 train.py and tasks.py both import this file, so the two agree on the model and on where a

@@ -5,7 +5,7 @@
                   pad_token_id=tok.pad_token_id, seed=0)
     ro.tokens, ro.mask, ro.logprobs, ro.lengths, ro.truncated, ro.stats
 
-    python -m pytest -q test_rollout.py      # equals model.generate greedy, logprobs, flash path (faked)
+    python -m pytest -q test_rollout.py      # equals model.generate greedy, logprobs (flash: test_attention.py)
     python bench.py --only rollout           # vs model.generate(num_return_sequences=n)
 
 Why: in long-context GRPO the prompt is huge and each prompt is sampled G times.
@@ -13,7 +13,7 @@ Why: in long-context GRPO the prompt is huge and each prompt is sampled G times.
 Here each prompt is prefilled once (in chunks, LM head on the last position only), its keys/values are
 stored once, and only the generated tokens get per-row storage: KV memory is prompt + n x generated
 instead of n x (prompt + generated). A decode step attends to the shared prompt part and to the row's
-own part separately and merges the two exactly with their log-sum-exp (`merge_attention`).
+own part separately and merges the two exactly with their log-sum-exp (`attention.merge_attention`).
 
 The model is the Hugging Face model itself (embedding, decoder layers with their RoPE, norm, LM head);
 only attention is swapped, through the one function of attention.py (`shared_prefix_attention`,
