@@ -458,14 +458,43 @@ def log_step(bar, m: dict, names: list):
     bar.write(step_line(m, names))
 
 
-def eval_table(m: dict) -> str:
-    """Evaluation result per task as a small table (prompts scored, mean score)."""
+def mean_se(v: float, se) -> str:
+    """"0.412 ± 0.051": a mean and its standard error ("± n/a" when one prompt leaves no spread)."""
+    return f"{v:.3f} ± " + (f"{se:.3f}" if se is not None and math.isfinite(se) else "n/a")
+
+
+SHOWN_CHARS = 2000  # a response longer than this is cut in samples.jsonl and evals.jsonl, its length kept
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> dict:
+    """{"response": text} or, past `limit` characters, its start with a note and the original length."""
+    if len(text) <= limit:
+        return {"response": text}
+    return {"response": text[:limit] + f" [... cut: {len(text)} characters in all]", "response_chars": len(text)}
+
+
+def shorten_responses(shown: dict) -> dict:
+    """evaluate's {task: {"id", "response", "score"}} with each response shortened (shorten)."""
+    return {t: {**x, **shorten(x["response"])} for t, x in shown.items()}
+
+
+def eval_table(m: dict, samples: int = 1, shown: dict | None = None) -> str:
+    """Evaluation result per task as a small table (prompts scored, mean score ± its standard error),
+    then one response per task (`shown`: evaluate's first sample of the task's first prompt), cut to
+    one line."""
     names = task_order([k.split("/")[1] for k in m if k.startswith("eval_n/")])
-    rows = [(t, m[f"eval_n/{t}"], m[f"eval/{t}"]) for t in names]
-    rows.append(("mean over tasks", sum(r[1] for r in rows), m["eval/mean"]))
+    rows = [(t, m[f"eval_n/{t}"], mean_se(m[f"eval/{t}"], m.get(f"eval_se/{t}"))) for t in names]
+    rows.append(("mean over tasks", sum(r[1] for r in rows), mean_se(m["eval/mean"], m.get("eval_se/mean"))))
     w = max(len(r[0]) for r in rows)
-    return "\n".join([f"  {'task':<{w}}  prompts  score"] +
-                     [f"  {t:<{w}}  {n:>7}  {v:.3f}" for t, n, v in rows])
+    lines = [f"  {'task':<{w}}  prompts  score ± standard error ({samples} sample{'s' * (samples > 1)} per prompt)"]
+    lines += [f"  {t:<{w}}  {n:>7}  {v}" for t, n, v in rows]
+    if shown:
+        lines.append("  one response per task (first sample of its first prompt):")
+        for t in task_order(shown):
+            one = " ".join(shown[t]["response"].split())  # one line
+            one = one if len(one) <= 100 else one[:100] + " ..."
+            lines.append(f"    {t:<{w}} {shown[t]['score']:.2f} {shown[t]['id']}: {one!r}")
+    return "\n".join(lines)
 
 
 def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:

@@ -163,17 +163,72 @@ def test_eval_only_scores_the_newest_checkpoint_or_the_one_named(tiny, tmp_path,
         train.parse_config(["--checkpoint", "x"])  # only with --eval-only
 
 
+def test_task_scores_are_means_of_prompt_means_with_standard_errors():
+    prompts = [{"task": "a", "scores": [1.0, 0.0]}, {"task": "a", "scores": [1.0, 1.0]},
+               {"task": "a", "scores": [0.0, 0.0]}, {"task": "b", "scores": [1.0, 0.0]},
+               {"task": "b", "scores": [0.0, 0.0]}]
+    m = train.task_scores(prompts)
+    # a: prompt means 0.5, 1, 0 -> mean 0.5, sample sd 0.5, SE 0.5 / sqrt(3); b: 0.5, 0 -> 0.25, SE 0.25
+    assert m["eval/a"] == 0.5 and m["eval_se/a"] == pytest.approx(0.5 / 3 ** 0.5)
+    assert m["eval/b"] == 0.25 and m["eval_se/b"] == pytest.approx(0.25)
+    assert m["eval/mean"] == 0.375 and m["eval_n/a"] == 3 and m["eval_n/b"] == 2
+    assert m["eval_se/mean"] == pytest.approx((0.25 / 3 + 0.25 ** 2) ** 0.5 / 2)  # mean of two task means
+    one = train.task_scores([{"task": "a", "scores": [1.0, 0.0]}])  # one prompt: no spread to measure
+    assert one["eval/a"] == 0.5 and one["eval_se/a"] != one["eval_se/a"]  # NaN
+    assert checkpoint.mean_se(0.5, one["eval_se/a"]) == "0.500 ± n/a"
+    assert checkpoint.json_line(one).count("null") == 2  # NaN is written as null
+
+
+def test_eval_only_with_several_samples_keeps_prompt_scores_and_prints_standard_errors(tiny, tmp_path,
+                                                                                        monkeypatch, capsys):
+    monkeypatch.setattr(rewards, "score_batch", length_reward)
+    evalset = data.load_jsonl(tiny / "tasks.jsonl")[:4]  # two tasks, two prompts each
+    data.save_jsonl(evalset, tmp_path / "eval.jsonl")
+    train.main(args(tiny, tmp_path / "run", "--eval-only", "--eval-data", str(tmp_path / "eval.jsonl"),
+                    "--eval-samples", "4"))
+    line = evals(tmp_path / "run")[-1]
+    assert line["eval_samples"] == 4
+    assert [p["id"] for p in line["prompts"]] == [s.id for s in evalset]
+    assert all(len(p["scores"]) == 4 for p in line["prompts"])
+    names = {s.task for s in evalset}
+    assert set(line["responses"]) == names and all("response" in r for r in line["responses"].values())
+    assert line == {**line, **train.task_scores(line["prompts"])}  # the metrics are the prompts' own
+    assert all(line[f"eval_se/{t}"] is not None for t in names) and line["eval_se/mean"] is not None
+    out = capsys.readouterr().out
+    assert "score ± standard error (4 samples per prompt)" in out
+    for t in names:  # a row per task with its SE, and one response per task
+        assert f"{line[f'eval/{t}']:.3f} ± {line[f'eval_se/{t}']:.3f}" in out
+        assert f"{line['responses'][t]['id']}: " in out
+    assert f"eval at step 0 (4 prompts x 4 samples): " in out
+    with pytest.raises(SystemExit):
+        train.parse_config(["--eval-samples", "0"])
+
+
 def test_eval_only_builds_only_the_held_out_tasks(qwen_tokenizer, monkeypatch):
     """--eval-only builds eval_per_task samples per task, and they are the training run's held-out ones."""
     calls = []
     real = tasks.build_tasks
-    monkeypatch.setattr(tasks, "build_tasks", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(tasks, "build_tasks", lambda *a, **k: calls.append((a[2], a[4])) or real(*a, **k))
     monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
     flags = ["--context-tokens", "400", "--n-per-task", "1", "--eval-per-task", "1"]
     _, held = train.load_data(train.parse_config(flags), qwen_tokenizer)
     train_set, only = train.load_data(train.parse_config(flags + ["--eval-only"]), qwen_tokenizer)
-    assert calls == [2, 1] and train_set == []
+    assert calls == [(1, "heldout"), (1, 0), (1, "heldout")] and train_set == []
     assert [(s.id, s.answer) for s in only] == [(s.id, s.answer) for s in held]
+
+
+def test_held_out_split_is_fixed_by_id_not_by_seed(qwen_tokenizer, monkeypatch):
+    """Runs with different --seed train on different built tasks but are scored on the same held-out
+    ones, and no training prompt is a held-out one."""
+    monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
+    flags = ["--context-tokens", "400", "--n-per-task", "2", "--eval-per-task", "2"]
+    train0, held0 = train.load_data(train.parse_config(flags + ["--seed", "0"]), qwen_tokenizer)
+    train1, held1 = train.load_data(train.parse_config(flags + ["--seed", "1"]), qwen_tokenizer)
+    assert [(s.id, s.prompt, s.answer) for s in held0] == [(s.id, s.prompt, s.answer) for s in held1]
+    assert {s.id for s in train0} != {s.id for s in train1}
+    assert len(held0) == 2 * len(data.TASK_NAMES) and all("-heldout-" in s.id for s in held0)
+    prompts = {json.dumps(s.prompt) for s in held0}
+    assert not any(json.dumps(s.prompt) in prompts for s in train0 + train1)
 
 
 # -----------------------------------------------------------------------------

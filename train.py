@@ -79,7 +79,9 @@ class Config:
     skip_bad_golds: bool = option(False, "skip and count JSONL records whose gold its metric cannot score")
     context_tokens: int = option(512, "context length of built tasks (ignored with --data)")
     n_per_task: int = option(8, "built tasks per task type (ignored with --data)")
-    eval_per_task: int = option(1, "built tasks per type held out for evaluation")
+    eval_per_task: int = option(4, "built tasks per type held out for evaluation (built with a seed of "
+                                   "their own: the same prompts whatever --seed)")
+    eval_samples: int = option(2, "samples per evaluation prompt: a prompt scores the mean of its samples")
     max_prompt_tokens: int = option(1024, "longer prompts are dropped and counted (paper: 163,840)")
     truncate_prompts: bool = option(False, "cut the middle of the longest document instead of dropping")
     # rollout
@@ -178,6 +180,7 @@ AT_LEAST = {
     "save_minutes": (0.0, "0 means off"),
     "context_tokens": (tasks.MIN_CONTEXT_TOKENS, "two documents and a question need that room"),
     "n_per_task": (0, "a count"), "eval_per_task": (0, "a count"),
+    "eval_samples": (1, "a prompt is scored on at least one sample"),
     "weight_decay": (0.0, "a decay"), "kl_coef": (0.0, "a penalty weight"), "gamma": (0.0, "a strength"),
     "clip_low": (0.0, "a clip range"), "clip_high": (0.0, "a clip range"),
 }
@@ -496,7 +499,7 @@ def finite_rewards(scores: list, tasks: list) -> tuple[list, int]:
 def sample_and_score(model, tok, samples, prompt_ids, cfg: Config, eos_ids, seed: int, label,
                      n: int, temperature: float, top_p: float, max_new: int) -> tuple[Rows, dict]:
     """rollout.generate on this rank's prompts, then rewards.score_batch on the decoded text.
-    Returns the rows and this call's seconds and generated tokens."""
+    Returns the rows and this call's seconds, generated tokens and decoded responses ([R] texts)."""
     t0 = time.perf_counter()
     out = rollout.generate(model, prompt_ids, n, max_new, temperature=temperature, top_p=top_p,
                            top_k=cfg.top_k, eos_token_ids=eos_ids, pad_token_id=tok.pad_token_id,
@@ -514,7 +517,7 @@ def sample_and_score(model, tok, samples, prompt_ids, cfg: Config, eos_ids, seed
                 scores, tasks, expand([(*label, i) for i in range(len(samples))]),
                 out.truncated.cpu().tolist(), fmt)
     return rows, {"rollout_s": t1 - t0, "reward_s": t2 - t1, "gen_tokens": int(out.mask.sum()),
-                  "nonfinite_rewards": nonfinite}
+                  "nonfinite_rewards": nonfinite, "texts": texts}
 
 
 # -----------------------------------------------------------------------------
@@ -576,6 +579,7 @@ def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: 
                                        cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
             b.gen_tokens += t.pop("gen_tokens")
             b.nonfinite += t.pop("nonfinite_rewards")
+            t.pop("texts")
             for k, v in t.items():
                 b.times[k] += v
         all_records = [[Record(*x) for x in recs] for recs in gather(rows.records())]  # step 4
@@ -815,37 +819,66 @@ def sync_sampler(sampler: nn.Module, model: nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Evaluation: one sample per prompt at T=0.6, top_p=0.95 (the paper's validation setting)
+# Evaluation: cfg.eval_samples samples per prompt at T=0.6, top_p=0.95 (the paper's validation setting)
 
 EVAL_SEED_STRIDE = 7919  # a prime: rank r samples with seed + 7919*(r+1) (+ chunk offset), apart from training seeds
 
 
-def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int, world: int) -> dict:
-    """Per-task mean score over `samples` (sharded across ranks): {"eval/<task>": mean, "eval/mean":
-    mean of the task means, "eval_n/<task>": prompts scored}. Generated in chunks of as many rows as a
-    training round, so the progress bar (rank 0, over prompts) moves on long evaluations."""
+def task_scores(prompts: list) -> dict:
+    """Per-task mean and standard error from per-prompt scores ([{"task", "scores": [K floats]}]).
+
+    A prompt's score is the mean of its K samples; a task's score the mean over its n prompts, with
+    standard error sd / sqrt(n), sd the sample standard deviation (n - 1) of the per-prompt scores: how
+    far the mean would move on another draw of prompts and samples (NaN for one prompt: no spread to
+    measure). eval/mean is the mean of the task means, so its SE is sqrt(sum of se^2) / tasks."""
+    by_task: dict = {}
+    for p in prompts:
+        by_task.setdefault(p["task"], []).append(sum(p["scores"]) / len(p["scores"]))
+    out, se = {}, {}
+    for t, xs in sorted(by_task.items()):
+        n, mean = len(xs), sum(xs) / len(xs)
+        out[f"eval/{t}"] = mean
+        se[t] = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else float("nan")
+    k = max(len(by_task), 1)
+    out["eval/mean"] = sum(out.values()) / k
+    return {**out, **{f"eval_se/{t}": v for t, v in se.items()},
+            "eval_se/mean": math.sqrt(sum(v * v for v in se.values())) / k,
+            **{f"eval_n/{t}": len(xs) for t, xs in sorted(by_task.items())}}
+
+
+def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int, world: int) -> tuple[dict, list, dict]:
+    """Score `samples` (sharded across ranks) with cfg.eval_samples samples each. Returns
+    (task_scores' metrics, per-prompt scores [{"id", "task", "scores": [K]}] in sample order, and per
+    task one response {"id", "response", "score"}: the first sample of its first prompt). Generated in
+    chunks of about as many rows as a training round, so the progress bar (rank 0, over prompts) moves."""
     from tqdm import tqdm
+    k = cfg.eval_samples
     mine = list(range(rank, len(samples), world))
-    chunk = max(1, (cfg.gen_prompts or cfg.prompts_per_step) * cfg.group_size // world)
+    chunk = max(1, (cfg.gen_prompts or cfg.prompts_per_step) * cfg.group_size // (world * k))  # prompts
     bar = tqdm(total=len(samples), desc="eval", unit="prompt", disable=rank != 0, leave=cfg.eval_only,
                dynamic_ncols=True)
-    scores = []
+    prompts, first = [], {}  # first: task -> (sample index, its first response) on this rank
     for c in range(0, len(mine), chunk):
         idx = mine[c:c + chunk]
         seed = cfg.seed + EVAL_SEED_STRIDE * (rank + 1) + c  # + c: each chunk its own stream
-        rows, _ = sample_and_score(model, tok, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
-                                   cfg, eos_ids, seed, ("eval", rank, c), 1,
+        rows, t = sample_and_score(model, tok, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
+                                   cfg, eos_ids, seed, ("eval", rank, c), k,
                                    0.6, 0.95, cfg.eval_max_new_tokens or cfg.max_new_tokens)
-        scores += zip(rows.tasks, rows.rewards)
+        for j, i in enumerate(idx):  # rows are prompt-major: prompt j's samples are rows j*k .. j*k+k-1
+            s = samples[i]
+            prompts.append((i, {"id": s.id, "task": s.task, "scores": rows.rewards[j * k:(j + 1) * k]}))
+            if s.task not in first:
+                first[s.task] = (i, {"id": s.id, "response": t["texts"][j * k], "score": rows.rewards[j * k]})
         bar.update(min(len(idx) * world, bar.total - bar.n))  # every rank works on a chunk this size
     bar.close()
-    by_task: dict = {}
-    for part in gather(scores):
-        for task, s in part:
-            by_task.setdefault(task, []).append(s)
-    out = {f"eval/{k}": sum(v) / len(v) for k, v in sorted(by_task.items())}
-    out["eval/mean"] = sum(out.values()) / max(len(out), 1)
-    return {**out, **{f"eval_n/{k}": len(v) for k, v in sorted(by_task.items())}}
+    everyone = gather((prompts, first))  # small: K numbers per prompt, one response per task per rank
+    prompts = [p for _, p in sorted(x for part, _ in everyone for x in part)]
+    shown: dict = {}
+    for _, f in everyone:  # the task's first prompt, whichever rank scored it
+        for task, (i, ex) in f.items():
+            if task not in shown or i < shown[task][0]:
+                shown[task] = (i, ex)
+    return task_scores(prompts), prompts, {t: shown[t][1] for t in sorted(shown)}
 
 
 # -----------------------------------------------------------------------------
@@ -948,12 +981,18 @@ def read_data_files(cfg: Config) -> dict:
     return files
 
 
+# Built evaluation tasks have a seed of their own (ids "<task>-heldout-<i>"): the held-out set is the
+# same whatever --seed, so runs with different seeds are scored on the same prompts, and it can never
+# be a training sample's (training tasks are built with the integer --seed)
+HELDOUT_SEED = "heldout"
+
+
 def load_data(cfg: Config, tok, files: dict | None = None) -> tuple[list, list]:
     """(training samples, evaluation samples): the JSONL files given (`files`: read_data_files' result,
-    read here when None), or tasks built from the built-in documents with the first cfg.eval_per_task
-    of each task type held out. --eval-only builds or reads the evaluation samples only (built sample i
-    of a task depends on (seed, task, i) alone, so building eval_per_task of each gives the same
-    held-out split)."""
+    read here when None), or tasks built from the built-in documents: cfg.n_per_task of each task type
+    for training (seed cfg.seed) and cfg.eval_per_task held out (seed HELDOUT_SEED); a training prompt
+    that equals a held-out one is dropped. --eval-only builds or reads the evaluation samples only
+    (sample i of a task depends on (seed, task, i) alone, so it builds the same held-out set)."""
     read = lambda name: files[name] if files is not None else data.load_jsonl(
         getattr(cfg, name), skip_unknown=cfg.skip_unknown_sources, skip_bad_golds=cfg.skip_bad_golds)
     if cfg.eval_only:
@@ -961,17 +1000,13 @@ def load_data(cfg: Config, tok, files: dict | None = None) -> tuple[list, list]:
             return [], read("eval_data")
         if cfg.data:
             sys.exit("--eval-only with --data needs --eval-data: a JSONL training set has no held-out split")
-        return [], build_tasks(cfg, tok, cfg.eval_per_task)
+        return [], build_tasks(cfg, tok, cfg.eval_per_task, HELDOUT_SEED)
     if cfg.data:
-        train_set = read("data")
-        eval_set = []
+        train_set, eval_set = read("data"), []
     else:
-        built = build_tasks(cfg, tok, cfg.n_per_task + cfg.eval_per_task)
-        held: dict = {}
-        train_set, eval_set = [], []
-        for s in built:
-            held[s.task] = held.get(s.task, 0) + 1
-            (eval_set if held[s.task] <= cfg.eval_per_task else train_set).append(s)
+        eval_set = build_tasks(cfg, tok, cfg.eval_per_task, HELDOUT_SEED) if cfg.eval_per_task else []
+        held = {json.dumps(s.prompt) for s in eval_set}  # a context drawn twice by chance stays held out
+        train_set = [s for s in build_tasks(cfg, tok, cfg.n_per_task, cfg.seed) if json.dumps(s.prompt) not in held]
     if cfg.eval_data:
         eval_set = read("eval_data")
     if not train_set and not cfg.eval_only:
@@ -979,10 +1014,10 @@ def load_data(cfg: Config, tok, files: dict | None = None) -> tuple[list, list]:
     return train_set, eval_set
 
 
-def build_tasks(cfg: Config, tok, n_per_task: int) -> list:
+def build_tasks(cfg: Config, tok, n_per_task: int, seed) -> list:
     """tasks.build_tasks on the built-in documents; a context it cannot fill is one line, exit 2."""
     try:
-        return tasks.build_tasks(tasks.load_documents(), tok, n_per_task, cfg.context_tokens, cfg.seed)
+        return tasks.build_tasks(tasks.load_documents(), tok, n_per_task, cfg.context_tokens, seed)
     except RuntimeError as e:  # this tokenizer needs more room than tasks.MIN_CONTEXT_TOKENS
         fail(f"--context-tokens {cfg.context_tokens}: {e}")
 
@@ -1105,17 +1140,22 @@ def make_trainer(model, cfg: Config, world: int, device, log=print) -> Trainer:
 # The pieces of main(), in the order it calls them
 
 def evaluate_and_log(step: int, sampler, tok, eval_set, eval_ids, cfg: Config, eos_ids, rank: int,
-                     world: int, log, weights=None) -> dict:
-    """evaluate(), one log line, and one line in out_dir/evals.jsonl (rank 0); returns the metrics.
+                     world: int, log, weights=None) -> tuple[dict, dict]:
+    """evaluate(), one log line (mean +- standard error), and one line in out_dir/evals.jsonl (rank 0:
+    the metrics, the per-prompt scores and one response per task). Returns (metrics, the responses).
     weights: what was evaluated (--eval-only names the checkpoint or model in the line)."""
-    m = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
-    log(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
+    m, prompts, shown = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
+    log(f"eval at step {step} ({len(prompts)} prompts x {cfg.eval_samples} samples): " +
+        ", ".join(f"{k[5:]} {checkpoint.mean_se(v, m[f'eval_se/{k[5:]}'])}" for k, v in m.items()
+                   if k.startswith("eval/")))
     if rank == 0:
         out_dir = Path(cfg.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "evals.jsonl", "a") as f:
-            f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m}))
-    return m
+            f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m,
+                                          "eval_samples": cfg.eval_samples, "prompts": prompts,
+                                          "responses": checkpoint.shorten_responses(shown)}))
+    return m, shown
 
 
 def eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg: Config, eos_ids, rank: int, world: int,
@@ -1124,9 +1164,9 @@ def eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg: Config, eos_id
     if not eval_set:
         sys.exit("--eval-only: no evaluation samples left (all longer than --max-prompt-tokens?)")
     weights = str(ckpt or cfg.model or policy.embedded_model_dir())
-    m = evaluate_and_log(checkpoint.checkpoint_step(ckpt), sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world,
-                         log, weights)
-    log(checkpoint.eval_table(m))
+    m, shown = evaluate_and_log(checkpoint.checkpoint_step(ckpt), sampler, tok, eval_set, eval_ids, cfg, eos_ids,
+                                rank, world, log, weights)
+    log(checkpoint.eval_table(m, cfg.eval_samples, shown))
     return model
 
 
@@ -1316,7 +1356,7 @@ def main(argv=None):
         m.update(speed_metrics(batch, batch.mine, seconds_since(t_update, device), cfg, device))
         m["step_s"] = seconds_since(t_step, device)
         if cfg.eval_every and step % cfg.eval_every == 0:
-            m.update(evaluate_and_log(step, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log))
+            m.update(evaluate_and_log(step, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log)[0])
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
