@@ -12,7 +12,8 @@ line per step, the evaluation table and the end-of-run summary (train.py prints 
     print(checkpoint.run_summary(lines, seconds, Path("runs/default"), plotted=False))
 
 A run folder holds: config.json (the full training config), metrics.jsonl (one line per step),
-evals.jsonl (one line per evaluation), checkpoints/step_NNNNNN/ and rewards.png.
+evals.jsonl (one line per evaluation), samples.jsonl (a few responses per step),
+checkpoints/step_NNNNNN/ and rewards.png.
 
 No collectives here except the last section (the sharded optimizer state of --shard fsdp, which
 every rank writes and reads): train.py gathers what every rank must
@@ -300,7 +301,7 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool):
     sys.exit(2)
 
 
-RUN_FILES = ["metrics.jsonl", "evals.jsonl", "rewards.png", "config.json", "checkpoints"]  # one run's own
+RUN_FILES = ["metrics.jsonl", "evals.jsonl", "samples.jsonl", "rewards.png", "config.json", "checkpoints"]  # one run's own
 
 
 def move_run_aside(out_dir: Path) -> tuple[Path | None, list]:
@@ -500,7 +501,9 @@ def eval_table(m: dict, samples: int = 1, shown: dict | None = None) -> str:
 def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
     """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
     (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
-    leaves most tasks out of most steps), and where the metrics, the checkpoint and the plot are."""
+    leaves most tasks out of most steps; a task seen at one step only is not compared with itself), the
+    first and last evaluation with its standard error (--eval-every), and where the metrics, the
+    responses, the checkpoint and the plot are."""
     if not lines:
         return "no training step ran"
     span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
@@ -509,15 +512,23 @@ def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> st
     rows = []
     for t in task_order(set(curves) - {"all"}) + ["all"]:
         pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
-        rows.append((t, f"{avg(pts[:k])} -> {avg(pts[-k:])}" if pts else "-"))
+        rows.append((t, "-" if not pts else avg(pts) if len(lines) == 1 else  # the header says it
+                     f"{avg(pts)}, one step: no comparison" if len(pts) == 1 else f"{avg(pts[:k])} -> {avg(pts[-k:])}"))
     w = max(len(t) for t, _ in rows)
+    evals = [(l["step"], mean_se(l["eval/mean"], l.get("eval_se/mean"))) for l in lines if l.get("eval/mean") is not None]
+    ev = [f"{e} (step {s})" for s, e in evals[:1] + evals[1:][-1:]]  # the first and the last
     ckpt = latest_checkpoint(out_dir)
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
     return "\n".join(
         [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
+         "  mean reward per task (one step: no comparison):" if len(lines) == 1 else
          "  mean reward per task, its first -> its last (up to 5) steps:"] +
         [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
+        ([f"  evaluation, mean over tasks ± standard error: " + (" -> ".join(ev) if len(ev) > 1 else
+                                                                 f"{ev[0]}, one evaluation: no comparison")]
+         if ev else []) +
         [f"  metrics:    {out_dir / 'metrics.jsonl'}",
+         *([f"  responses:  {out_dir / 'samples.jsonl'}"] if (out_dir / "samples.jsonl").exists() else []),
          f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
          f"  plot:       {out_dir / 'rewards.png'}" if plotted else
          f"  plot:       python train.py --plot --out-dir {out_dir}   (needs matplotlib)"])

@@ -10,6 +10,7 @@ subprocess, to see its exit code with matplotlib made unimportable.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -266,6 +267,50 @@ def test_run_summary_compares_first_and_last_steps(tmp_path):
     assert rows["summarization"].endswith("0.200 (step 2) -> 0.700 (step 7)")
     assert list(rows)[:3] == ["comprehension", "summarization", "all"]  # README order, "all" last
     assert "python train.py --plot" in text and "checkpoint: none" in text
+
+
+def test_run_summary_does_not_compare_a_step_with_itself(tmp_path):
+    one = checkpoint.run_summary([{"step": 1, "reward/all/mean": 0.25, "reward/comprehension/mean": 0.5}],
+                                 30, tmp_path, plotted=False)
+    rows = {l.split()[0]: l for l in one.splitlines()[2:]}
+    assert one.splitlines()[1] == "  mean reward per task (one step: no comparison):" and "->" not in one
+    assert rows["all"].endswith("0.250 (step 1)") and rows["comprehension"].endswith("0.500 (step 1)")
+    lines = [{"step": s, "reward/all/mean": s / 10} for s in (1, 2)]
+    lines[1]["reward/summarization/mean"] = 0.4  # in one step's batch only
+    lines[0].update({"eval/mean": 0.25, "eval_se/mean": 0.05})
+    lines[1].update({"eval/mean": 0.5, "eval_se/mean": None})  # null: one prompt per task
+    text = checkpoint.run_summary(lines, 30, tmp_path, plotted=False)
+    rows = {l.split()[0]: l for l in text.splitlines()[2:]}
+    assert rows["all"].endswith("0.100 (step 1) -> 0.200 (step 2)")
+    assert rows["summarization"].endswith("0.400 (step 2), one step: no comparison")
+    assert "evaluation, mean over tasks ± standard error: 0.250 ± 0.050 (step 1) -> 0.500 ± n/a (step 2)" in text
+    lines[1].pop("eval/mean")
+    assert "0.250 ± 0.050 (step 1), one evaluation: no comparison" in checkpoint.run_summary(lines, 30, tmp_path, False)
+
+
+def test_training_writes_a_few_responses_per_step_to_samples_jsonl(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rewards, "score_batch", length_reward)
+    train.main(args(tiny, tmp_path, "--steps", "2", "--log-samples", "2", "--save-every", "1"))
+    rows = [json.loads(l) for l in open(tmp_path / "samples.jsonl")]
+    # a resume from step 1 redoes step 2: its responses are replaced, not written twice
+    shutil.rmtree(tmp_path / "checkpoints" / "step_000002")
+    train.main(args(tiny, tmp_path, "--steps", "2", "--log-samples", "2", "--resume"))
+    again = [json.loads(l) for l in open(tmp_path / "samples.jsonl")]
+    assert [r["step"] for r in again] == [r["step"] for r in rows]
+    ids = {s.id: s.task for s in data.load_jsonl(tiny / "tasks.jsonl")}
+    assert sorted({r["step"] for r in rows}) == [1, 2]
+    for step in (1, 2):
+        mine = [r for r in rows if r["step"] == step]
+        assert 1 <= len(mine) <= 2 and len({r["task"] for r in mine}) == len(mine)  # one per task
+    for r in rows:
+        assert ids[r["id"]] == r["task"] and r["reward"] == length_reward(None, [r["response"]], None)[0]
+    assert str(tmp_path / "samples.jsonl") in capsys.readouterr().out  # the summary says where
+    train.main(args(tiny, tmp_path / "none", "--steps", "1", "--log-samples", "0"))
+    assert not (tmp_path / "none" / "samples.jsonl").exists()
+    # a long response is cut, its length kept
+    cut = checkpoint.shorten("x" * 50, limit=10)
+    assert cut == {"response": "x" * 10 + " [... cut: 50 characters in all]", "response_chars": 50}
+    assert checkpoint.shorten("short") == {"response": "short"}
 
 
 def test_training_run_writes_config_and_summary(tiny, tmp_path, monkeypatch, capsys):
