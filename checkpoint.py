@@ -301,7 +301,8 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool):
     sys.exit(2)
 
 
-RUN_FILES = ["metrics.jsonl", "evals.jsonl", "samples.jsonl", "rewards.png", "config.json", "checkpoints"]  # one run's own
+RUN_FILES = ["metrics.jsonl", "evals.jsonl", "samples.jsonl", "rewards.png", "config.json",
+             "checkpoints"]  # one run's own
 
 
 def move_run_aside(out_dir: Path) -> tuple[Path | None, list]:
@@ -471,7 +472,8 @@ def shorten(text: str, limit: int = SHOWN_CHARS) -> dict:
     """{"response": text} or, past `limit` characters, its start with a note and the original length."""
     if len(text) <= limit:
         return {"response": text}
-    return {"response": text[:limit] + f" [... cut: {len(text)} characters in all]", "response_chars": len(text)}
+    return {"response": text[:limit] + f" [... cut: {len(text)} characters in all]",
+            "response_chars": len(text)}
 
 
 def shorten_responses(shown: dict) -> dict:
@@ -487,7 +489,8 @@ def eval_table(m: dict, samples: int = 1, shown: dict | None = None) -> str:
     rows = [(t, m[f"eval_n/{t}"], mean_se(m[f"eval/{t}"], m.get(f"eval_se/{t}"))) for t in names]
     rows.append(("mean over tasks", sum(r[1] for r in rows), mean_se(m["eval/mean"], m.get("eval_se/mean"))))
     w = max(len(r[0]) for r in rows)
-    lines = [f"  {'task':<{w}}  prompts  score ± standard error ({samples} sample{'s' * (samples > 1)} per prompt)"]
+    per = f"{samples} sample{'s' * (samples > 1)} per prompt"
+    lines = [f"  {'task':<{w}}  prompts  score ± standard error ({per})"]
     lines += [f"  {t:<{w}}  {n:>7}  {v}" for t, n, v in rows]
     if shown:
         lines.append("  one response per task (first sample of its first prompt):")
@@ -512,11 +515,16 @@ def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> st
     rows = []
     for t in task_order(set(curves) - {"all"}) + ["all"]:
         pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
-        rows.append((t, "-" if not pts else avg(pts) if len(lines) == 1 else  # the header says it
-                     f"{avg(pts)}, one step: no comparison" if len(pts) == 1 else f"{avg(pts[:k])} -> {avg(pts[-k:])}"))
+        if not pts or len(lines) == 1:  # a one-step run: its header says there is no comparison
+            rows.append((t, avg(pts) if pts else "-"))
+        else:
+            rows.append((t, f"{avg(pts)}, one step: no comparison" if len(pts) == 1
+                         else f"{avg(pts[:k])} -> {avg(pts[-k:])}"))
     w = max(len(t) for t, _ in rows)
-    evals = [(l["step"], mean_se(l["eval/mean"], l.get("eval_se/mean"))) for l in lines if l.get("eval/mean") is not None]
-    ev = [f"{e} (step {s})" for s, e in evals[:1] + evals[1:][-1:]]  # the first and the last
+    # --eval-every: the first and the last evaluation, each with its noise
+    evals = [f"{mean_se(l['eval/mean'], l.get('eval_se/mean'))} (step {l['step']})"
+             for l in lines if l.get("eval/mean") is not None]
+    ev = evals[:1] + evals[1:][-1:]
     ckpt = latest_checkpoint(out_dir)
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
     return "\n".join(

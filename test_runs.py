@@ -201,6 +201,10 @@ def test_eval_only_with_several_samples_keeps_prompt_scores_and_prints_standard_
         assert f"{line[f'eval/{t}']:.3f} ± {line[f'eval_se/{t}']:.3f}" in out
         assert f"{line['responses'][t]['id']}: " in out
     assert f"eval at step 0 (4 prompts x 4 samples): " in out
+    assert any(len(set(p["scores"])) > 1 for p in line["prompts"])  # K draws, not one draw K times
+    train.main(args(tiny, tmp_path / "run", "--eval-only", "--eval-data", str(tmp_path / "eval.jsonl"),
+                    "--eval-samples", "4"))
+    assert evals(tmp_path / "run")[-1]["prompts"] == line["prompts"]  # the same seeds: the same scores
     with pytest.raises(SystemExit):
         train.parse_config(["--eval-samples", "0"])
 

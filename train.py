@@ -178,7 +178,8 @@ AT_LEAST = {
     "keep_last": (1, "0 or less would delete the checkpoint just saved"),
     "steps": (1, "a run trains at least one step; --eval-only only evaluates"),
     "warmup_steps": (0, "a count"), "save_every": (0, "0 means at the end only"),
-    "eval_every": (0, "0 means never"), "log_samples": (0, "0 means none"), "top_k": (0, "0 means off"), "kv_budget_tokens": (0, "0 means one wave"),
+    "eval_every": (0, "0 means never"), "top_k": (0, "0 means off"), "kv_budget_tokens": (0, "0 means one wave"),
+    "log_samples": (0, "0 means none"),
     "save_minutes": (0.0, "0 means off"),
     "context_tokens": (tasks.MIN_CONTEXT_TOKENS, "two documents and a question need that room"),
     "n_per_task": (0, "a count"), "eval_per_task": (0, "a count"),
@@ -863,7 +864,8 @@ def task_scores(prompts: list) -> dict:
             **{f"eval_n/{t}": len(xs) for t, xs in sorted(by_task.items())}}
 
 
-def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int, world: int) -> tuple[dict, list, dict]:
+def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int,
+             world: int) -> tuple[dict, list, dict]:
     """Score `samples` (sharded across ranks) with cfg.eval_samples samples each. Returns
     (task_scores' metrics, per-prompt scores [{"id", "task", "scores": [K]}] in sample order, and per
     task one response {"id", "response", "score"}: the first sample of its first prompt). Generated in
@@ -1023,7 +1025,8 @@ def load_data(cfg: Config, tok, files: dict | None = None) -> tuple[list, list]:
     else:
         eval_set = build_tasks(cfg, tok, cfg.eval_per_task, HELDOUT_SEED) if cfg.eval_per_task else []
         held = {json.dumps(s.prompt) for s in eval_set}  # a context drawn twice by chance stays held out
-        train_set = [s for s in build_tasks(cfg, tok, cfg.n_per_task, cfg.seed) if json.dumps(s.prompt) not in held]
+        train_set = [s for s in build_tasks(cfg, tok, cfg.n_per_task, cfg.seed)
+                     if json.dumps(s.prompt) not in held]
     if cfg.eval_data:
         eval_set = read("eval_data")
     if not train_set and not cfg.eval_only:
