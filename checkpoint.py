@@ -12,7 +12,8 @@ line per step, the evaluation table and the end-of-run summary (train.py prints 
     print(checkpoint.run_summary(lines, seconds, Path("runs/default"), plotted=False))
 
 A run folder holds: config.json (the full training config), metrics.jsonl (one line per step),
-evals.jsonl (one line per evaluation), checkpoints/step_NNNNNN/ and rewards.png.
+evals.jsonl (one line per evaluation), samples.jsonl (a few responses per step),
+checkpoints/step_NNNNNN/ and rewards.png.
 
 No collectives here except the last section (the sharded optimizer state of --shard fsdp, which
 every rank writes and reads): train.py gathers what every rank must
@@ -300,7 +301,8 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool):
     sys.exit(2)
 
 
-RUN_FILES = ["metrics.jsonl", "evals.jsonl", "rewards.png", "config.json", "checkpoints"]  # one run's own
+RUN_FILES = ["metrics.jsonl", "evals.jsonl", "samples.jsonl", "rewards.png", "config.json",
+             "checkpoints"]  # one run's own
 
 
 def move_run_aside(out_dir: Path) -> tuple[Path | None, list]:
@@ -458,20 +460,53 @@ def log_step(bar, m: dict, names: list):
     bar.write(step_line(m, names))
 
 
-def eval_table(m: dict) -> str:
-    """Evaluation result per task as a small table (prompts scored, mean score)."""
+def mean_se(v: float, se) -> str:
+    """"0.412 ± 0.051": a mean and its standard error ("± n/a" when one prompt leaves no spread)."""
+    return f"{v:.3f} ± " + (f"{se:.3f}" if se is not None and math.isfinite(se) else "n/a")
+
+
+SHOWN_CHARS = 2000  # a response longer than this is cut in samples.jsonl and evals.jsonl, its length kept
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> dict:
+    """{"response": text} or, past `limit` characters, its start with a note and the original length."""
+    if len(text) <= limit:
+        return {"response": text}
+    return {"response": text[:limit] + f" [... cut: {len(text)} characters in all]",
+            "response_chars": len(text)}
+
+
+def shorten_responses(shown: dict) -> dict:
+    """evaluate's {task: {"id", "response", "score"}} with each response shortened (shorten)."""
+    return {t: {**x, **shorten(x["response"])} for t, x in shown.items()}
+
+
+def eval_table(m: dict, samples: int = 1, shown: dict | None = None) -> str:
+    """Evaluation result per task as a small table (prompts scored, mean score ± its standard error),
+    then one response per task (`shown`: evaluate's first sample of the task's first prompt), cut to
+    one line."""
     names = task_order([k.split("/")[1] for k in m if k.startswith("eval_n/")])
-    rows = [(t, m[f"eval_n/{t}"], m[f"eval/{t}"]) for t in names]
-    rows.append(("mean over tasks", sum(r[1] for r in rows), m["eval/mean"]))
+    rows = [(t, m[f"eval_n/{t}"], mean_se(m[f"eval/{t}"], m.get(f"eval_se/{t}"))) for t in names]
+    rows.append(("mean over tasks", sum(r[1] for r in rows), mean_se(m["eval/mean"], m.get("eval_se/mean"))))
     w = max(len(r[0]) for r in rows)
-    return "\n".join([f"  {'task':<{w}}  prompts  score"] +
-                     [f"  {t:<{w}}  {n:>7}  {v:.3f}" for t, n, v in rows])
+    per = f"{samples} sample{'s' * (samples > 1)} per prompt"
+    lines = [f"  {'task':<{w}}  prompts  score ± standard error ({per})"]
+    lines += [f"  {t:<{w}}  {n:>7}  {v}" for t, n, v in rows]
+    if shown:
+        lines.append("  one response per task (first sample of its first prompt):")
+        for t in task_order(shown):
+            one = " ".join(shown[t]["response"].split())  # one line
+            one = one if len(one) <= 100 else one[:100] + " ..."
+            lines.append(f"    {t:<{w}} {shown[t]['score']:.2f} {shown[t]['id']}: {one!r}")
+    return "\n".join(lines)
 
 
 def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
     """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
     (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
-    leaves most tasks out of most steps), and where the metrics, the checkpoint and the plot are."""
+    leaves most tasks out of most steps; a task seen at one step only is not compared with itself), the
+    first and last evaluation with its standard error (--eval-every), and where the metrics, the
+    responses, the checkpoint and the plot are."""
     if not lines:
         return "no training step ran"
     span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
@@ -480,15 +515,28 @@ def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> st
     rows = []
     for t in task_order(set(curves) - {"all"}) + ["all"]:
         pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
-        rows.append((t, f"{avg(pts[:k])} -> {avg(pts[-k:])}" if pts else "-"))
+        if not pts or len(lines) == 1:  # a one-step run: its header says there is no comparison
+            rows.append((t, avg(pts) if pts else "-"))
+        else:
+            rows.append((t, f"{avg(pts)}, one step: no comparison" if len(pts) == 1
+                         else f"{avg(pts[:k])} -> {avg(pts[-k:])}"))
     w = max(len(t) for t, _ in rows)
+    # --eval-every: the first and the last evaluation, each with its noise
+    evals = [f"{mean_se(l['eval/mean'], l.get('eval_se/mean'))} (step {l['step']})"
+             for l in lines if l.get("eval/mean") is not None]
+    ev = evals[:1] + evals[1:][-1:]
     ckpt = latest_checkpoint(out_dir)
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
     return "\n".join(
         [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
+         "  mean reward per task (one step: no comparison):" if len(lines) == 1 else
          "  mean reward per task, its first -> its last (up to 5) steps:"] +
         [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
+        ([f"  evaluation, mean over tasks ± standard error: " + (" -> ".join(ev) if len(ev) > 1 else
+                                                                 f"{ev[0]}, one evaluation: no comparison")]
+         if ev else []) +
         [f"  metrics:    {out_dir / 'metrics.jsonl'}",
+         *([f"  responses:  {out_dir / 'samples.jsonl'}"] if (out_dir / "samples.jsonl").exists() else []),
          f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
          f"  plot:       {out_dir / 'rewards.png'}" if plotted else
          f"  plot:       python train.py --plot --out-dir {out_dir}   (needs matplotlib)"])

@@ -489,7 +489,7 @@ def _draw_code(code: Sequence[CodeSummary], code_tok: list, budget: int, rng: ra
     return code[k], code_tok[k]
 
 
-def _build_one(task: str, i: int, seed: int, pool: list, tokenizer, context_tokens: int, overhead: int,
+def _build_one(task: str, i: int, seed: int | str, pool: list, tokenizer, context_tokens: int, overhead: int,
                code: Sequence[CodeSummary], code_tok: list) -> Sample:
     """Sample i of `task`: draw a context, ask, count the templated prompt; redraw (smaller when the
     token estimate was short) up to MAX_TRIES times."""
@@ -516,11 +516,12 @@ def _build_one(task: str, i: int, seed: int, pool: list, tokenizer, context_toke
                        "tries: give more or longer documents, or a larger context")
 
 
-def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, context_tokens: int, seed: int, *,
+def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, context_tokens: int, seed: int | str, *,
                 tasks: Sequence[str] = TASK_NAMES, code: Optional[Sequence[CodeSummary]] = None) -> list[Sample]:
     """n_per_task samples of each task type. Every templated prompt has at most context_tokens tokens
     (checked with `tokenizer`); every answer is computed from the packed context itself. Sample i of a
-    task depends only on (seed, task, i) and the inputs. `code`: summarization pairs (default: the
+    task depends only on (seed, task, i) and the inputs; its id is "<task>-<seed>-<i>". A string seed
+    draws a set of its own (train.py's held-out tasks). `code`: summarization pairs (default: the
     standard library's, load_code_summaries())."""
     if len(documents) < 2:
         raise ValueError("build_tasks needs at least 2 documents")

@@ -10,6 +10,7 @@ subprocess, to see its exit code with matplotlib made unimportable.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -163,17 +164,76 @@ def test_eval_only_scores_the_newest_checkpoint_or_the_one_named(tiny, tmp_path,
         train.parse_config(["--checkpoint", "x"])  # only with --eval-only
 
 
+def test_task_scores_are_means_of_prompt_means_with_standard_errors():
+    prompts = [{"task": "a", "scores": [1.0, 0.0]}, {"task": "a", "scores": [1.0, 1.0]},
+               {"task": "a", "scores": [0.0, 0.0]}, {"task": "b", "scores": [1.0, 0.0]},
+               {"task": "b", "scores": [0.0, 0.0]}]
+    m = train.task_scores(prompts)
+    # a: prompt means 0.5, 1, 0 -> mean 0.5, sample sd 0.5, SE 0.5 / sqrt(3); b: 0.5, 0 -> 0.25, SE 0.25
+    assert m["eval/a"] == 0.5 and m["eval_se/a"] == pytest.approx(0.5 / 3 ** 0.5)
+    assert m["eval/b"] == 0.25 and m["eval_se/b"] == pytest.approx(0.25)
+    assert m["eval/mean"] == 0.375 and m["eval_n/a"] == 3 and m["eval_n/b"] == 2
+    assert m["eval_se/mean"] == pytest.approx((0.25 / 3 + 0.25 ** 2) ** 0.5 / 2)  # mean of two task means
+    one = train.task_scores([{"task": "a", "scores": [1.0, 0.0]}])  # one prompt: no spread to measure
+    assert one["eval/a"] == 0.5 and one["eval_se/a"] != one["eval_se/a"]  # NaN
+    assert checkpoint.mean_se(0.5, one["eval_se/a"]) == "0.500 ± n/a"
+    assert checkpoint.json_line(one).count("null") == 2  # NaN is written as null
+
+
+def test_eval_only_with_several_samples_keeps_prompt_scores_and_prints_standard_errors(tiny, tmp_path,
+                                                                                        monkeypatch, capsys):
+    monkeypatch.setattr(rewards, "score_batch", length_reward)
+    evalset = data.load_jsonl(tiny / "tasks.jsonl")[:4]  # two tasks, two prompts each
+    data.save_jsonl(evalset, tmp_path / "eval.jsonl")
+    train.main(args(tiny, tmp_path / "run", "--eval-only", "--eval-data", str(tmp_path / "eval.jsonl"),
+                    "--eval-samples", "4"))
+    line = evals(tmp_path / "run")[-1]
+    assert line["eval_samples"] == 4
+    assert [p["id"] for p in line["prompts"]] == [s.id for s in evalset]
+    assert all(len(p["scores"]) == 4 for p in line["prompts"])
+    names = {s.task for s in evalset}
+    assert set(line["responses"]) == names and all("response" in r for r in line["responses"].values())
+    assert line == {**line, **train.task_scores(line["prompts"])}  # the metrics are the prompts' own
+    assert all(line[f"eval_se/{t}"] is not None for t in names) and line["eval_se/mean"] is not None
+    out = capsys.readouterr().out
+    assert "score ± standard error (4 samples per prompt)" in out
+    for t in names:  # a row per task with its SE, and one response per task
+        assert f"{line[f'eval/{t}']:.3f} ± {line[f'eval_se/{t}']:.3f}" in out
+        assert f"{line['responses'][t]['id']}: " in out
+    assert f"eval at step 0 (4 prompts x 4 samples): " in out
+    assert any(len(set(p["scores"])) > 1 for p in line["prompts"])  # K draws, not one draw K times
+    train.main(args(tiny, tmp_path / "run", "--eval-only", "--eval-data", str(tmp_path / "eval.jsonl"),
+                    "--eval-samples", "4"))
+    assert evals(tmp_path / "run")[-1]["prompts"] == line["prompts"]  # the same seeds: the same scores
+    with pytest.raises(SystemExit):
+        train.parse_config(["--eval-samples", "0"])
+
+
 def test_eval_only_builds_only_the_held_out_tasks(qwen_tokenizer, monkeypatch):
     """--eval-only builds eval_per_task samples per task, and they are the training run's held-out ones."""
     calls = []
     real = tasks.build_tasks
-    monkeypatch.setattr(tasks, "build_tasks", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(tasks, "build_tasks", lambda *a, **k: calls.append((a[2], a[4])) or real(*a, **k))
     monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
     flags = ["--context-tokens", "400", "--n-per-task", "1", "--eval-per-task", "1"]
     _, held = train.load_data(train.parse_config(flags), qwen_tokenizer)
     train_set, only = train.load_data(train.parse_config(flags + ["--eval-only"]), qwen_tokenizer)
-    assert calls == [2, 1] and train_set == []
+    assert calls == [(1, "heldout"), (1, 0), (1, "heldout")] and train_set == []
     assert [(s.id, s.answer) for s in only] == [(s.id, s.answer) for s in held]
+
+
+def test_held_out_split_is_fixed_by_id_not_by_seed(qwen_tokenizer, monkeypatch):
+    """Runs with different --seed train on different built tasks but are scored on the same held-out
+    ones, and no training prompt is a held-out one."""
+    monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
+    flags = ["--context-tokens", "400", "--n-per-task", "2", "--eval-per-task", "2"]
+    train0, held0 = train.load_data(train.parse_config(flags + ["--seed", "0"]), qwen_tokenizer)
+    train1, held1 = train.load_data(train.parse_config(flags + ["--seed", "1"]), qwen_tokenizer)
+    assert [(s.id, s.prompt, s.answer) for s in held0] == [(s.id, s.prompt, s.answer) for s in held1]
+    assert {s.id for s in train0} != {s.id for s in train1}
+    assert len(held0) == 2 * len(data.TASK_NAMES) and all("-heldout-" in s.id for s in held0)
+    prompts = {json.dumps(s.prompt) for s in held0}
+    assert not any(json.dumps(s.prompt) in prompts for s in train0 + train1)
 
 
 # -----------------------------------------------------------------------------
@@ -211,6 +271,50 @@ def test_run_summary_compares_first_and_last_steps(tmp_path):
     assert rows["summarization"].endswith("0.200 (step 2) -> 0.700 (step 7)")
     assert list(rows)[:3] == ["comprehension", "summarization", "all"]  # README order, "all" last
     assert "python train.py --plot" in text and "checkpoint: none" in text
+
+
+def test_run_summary_does_not_compare_a_step_with_itself(tmp_path):
+    one = checkpoint.run_summary([{"step": 1, "reward/all/mean": 0.25, "reward/comprehension/mean": 0.5}],
+                                 30, tmp_path, plotted=False)
+    rows = {l.split()[0]: l for l in one.splitlines()[2:]}
+    assert one.splitlines()[1] == "  mean reward per task (one step: no comparison):" and "->" not in one
+    assert rows["all"].endswith("0.250 (step 1)") and rows["comprehension"].endswith("0.500 (step 1)")
+    lines = [{"step": s, "reward/all/mean": s / 10} for s in (1, 2)]
+    lines[1]["reward/summarization/mean"] = 0.4  # in one step's batch only
+    lines[0].update({"eval/mean": 0.25, "eval_se/mean": 0.05})
+    lines[1].update({"eval/mean": 0.5, "eval_se/mean": None})  # null: one prompt per task
+    text = checkpoint.run_summary(lines, 30, tmp_path, plotted=False)
+    rows = {l.split()[0]: l for l in text.splitlines()[2:]}
+    assert rows["all"].endswith("0.100 (step 1) -> 0.200 (step 2)")
+    assert rows["summarization"].endswith("0.400 (step 2), one step: no comparison")
+    assert "evaluation, mean over tasks ± standard error: 0.250 ± 0.050 (step 1) -> 0.500 ± n/a (step 2)" in text
+    lines[1].pop("eval/mean")
+    assert "0.250 ± 0.050 (step 1), one evaluation: no comparison" in checkpoint.run_summary(lines, 30, tmp_path, False)
+
+
+def test_training_writes_a_few_responses_per_step_to_samples_jsonl(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rewards, "score_batch", length_reward)
+    train.main(args(tiny, tmp_path, "--steps", "2", "--log-samples", "2", "--save-every", "1"))
+    rows = [json.loads(l) for l in open(tmp_path / "samples.jsonl")]
+    # a resume from step 1 redoes step 2: its responses are replaced, not written twice
+    shutil.rmtree(tmp_path / "checkpoints" / "step_000002")
+    train.main(args(tiny, tmp_path, "--steps", "2", "--log-samples", "2", "--resume"))
+    again = [json.loads(l) for l in open(tmp_path / "samples.jsonl")]
+    assert [r["step"] for r in again] == [r["step"] for r in rows]
+    ids = {s.id: s.task for s in data.load_jsonl(tiny / "tasks.jsonl")}
+    assert sorted({r["step"] for r in rows}) == [1, 2]
+    for step in (1, 2):
+        mine = [r for r in rows if r["step"] == step]
+        assert 1 <= len(mine) <= 2 and len({r["task"] for r in mine}) == len(mine)  # one per task
+    for r in rows:
+        assert ids[r["id"]] == r["task"] and r["reward"] == length_reward(None, [r["response"]], None)[0]
+    assert str(tmp_path / "samples.jsonl") in capsys.readouterr().out  # the summary says where
+    train.main(args(tiny, tmp_path / "none", "--steps", "1", "--log-samples", "0"))
+    assert not (tmp_path / "none" / "samples.jsonl").exists()
+    # a long response is cut, its length kept
+    cut = checkpoint.shorten("x" * 50, limit=10)
+    assert cut == {"response": "x" * 10 + " [... cut: 50 characters in all]", "response_chars": 50}
+    assert checkpoint.shorten("short") == {"response": "short"}
 
 
 def test_training_run_writes_config_and_summary(tiny, tmp_path, monkeypatch, capsys):
