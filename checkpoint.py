@@ -77,7 +77,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tok, optimizer, scheduler, 
                     rngs: list, state_dict=None, optimizer_dir=None):
     """out_dir/checkpoints/step_000012/{model.safetensors, config.json, tokenizer..., trainer_state.pt,
     complete.json}. Written to a temporary folder, flushed to disk (fsync), marked complete and renamed,
-    so a crash mid-save leaves the previous one intact (issue 15 item 2).
+    so a crash mid-save leaves the previous one intact.
     Rank 0 only; `rngs` holds every rank's generators (train.py gathers them), restored rank by rank.
     optimizer=None (--no-save-optimizer) leaves AdamW's state out: a resume then restarts its moments.
     Under fsdp, `state_dict` is the gathered full state dict (the model itself holds shards) and
@@ -195,7 +195,7 @@ def latest_checkpoint(out_dir: Path, log=print):
 
 
 def check_saveable(model, log=print):
-    """Refuse at start what save_pretrained would refuse after training (issue 15 item 3).
+    """Refuse at start what save_pretrained would refuse after training.
 
     A folder converted from GGUF keeps `quantization_config` in its config.json although its weights
     are plain floats; transformers then refuses to save it ("not serializable"). Strip it, as
@@ -227,7 +227,7 @@ def json_line(m: dict) -> str:
 
 def resume_metrics(path: Path, step: int, log=print) -> dict:
     """Make metrics.jsonl hold exactly the lines of steps 1..`step` (the checkpoint's), without ever
-    truncating it first (issue 15 item 1).
+    truncating it first.
 
     Every line is read and checked before anything is written: lines that are not a JSON object with
     an integer "step" are damaged; they are dropped and the whole original file is moved aside to

@@ -1,4 +1,4 @@
-"""The run folder as a new user meets it (issue 12): a finished run is never overwritten silently,
+"""The run folder as a new user meets it: a finished run is never overwritten silently,
 --plot alone only draws, --eval-only scores the newest checkpoint, the output is readable, checkpoints
 can leave the optimizer out, and the help texts say what the code does.
 

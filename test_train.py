@@ -156,7 +156,7 @@ def test_two_steps_end_to_end(tiny, tmp_path, monkeypatch):
 
 
 def test_shared_prefix_step_equals_per_row_step(tiny, tmp_path, monkeypatch):
-    """issue 10: one training step with the shared-prefix forward (default) and with the per-row one
+    """One training step with the shared-prefix forward (default) and with the per-row one
     gives the same weights. Two optimizer steps per batch and a k3 reference, so the old-log-prob
     pass and the reference forward take the shared path too. Prompts here are 549-704 tokens and
     responses <= 8: under a 600-token budget some groups run whole and some are split into
@@ -335,7 +335,7 @@ def test_bad_inputs_get_clear_messages(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(args(tiny, tmp_path) + ["--data", str(tmp_path / "empty.jsonl")])
     assert e.value.code == 2 and "the file is empty" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:  # found at load, before step 1 (issue 15 item 4)
+    with pytest.raises(SystemExit) as e:  # found at load, before step 1
         train.main(args(tiny, tmp_path, "--max-prompt-tokens", "50"))
     assert e.value.code == 2
     n = len(data.load_jsonl(tiny / "tasks.jsonl"))

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=8 train.py --recipe paper --shard fsdp \\
         --model Qwen/Qwen3-4B-Thinking-2507 --data golongrl.jsonl          # the paper's recipe on a node
 
-One training step (the paper's recipe, SPEC sections 2-6):
+One training step (the paper's recipe):
   1. this rank's share of the step's prompts                     data.PromptBatches
   2. n samples per prompt, each prompt prefilled once (no grad)   rollout.generate
   3. each response scored by its task's natural metric            rewards.score_batch
@@ -106,7 +106,7 @@ class Config:
     clip_high: float = option(0.28, "PPO clip above 1 (clip-higher)")
     dual_clip: float = option(3.0, "dual-clip bound for negative advantages")
     loss_agg: str = option("token-mean", "token-mean | seq-mean-token-mean")
-    rollout_is: bool = option(True, "rollout importance-sampling correction (SPEC section 4)")
+    rollout_is: bool = option(True, "rollout importance-sampling correction (trainer vs sampler numerics)")
     kl_coef: float = option(0.0, "k3 KL to the frozen initial policy; 0 = off (paper: off)")
     # optimization
     steps: int = option(3, "training steps (one batch each)")
@@ -152,7 +152,7 @@ class Config:
     collective_timeout_min: float = option(10.0, "timeout of the tensor collectives inside a step (NCCL's default)")
 
 
-# The paper's recipe (SPEC section 6), applied before explicit command-line flags.
+# The paper's recipe, applied before explicit command-line flags.
 PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_size=16, prompts_per_step=128,
              gen_prompts=512, max_gen_rounds=4, clip_low=0.2, clip_high=0.28, dual_clip=3.0,
              temperature=1.0, top_p=1.0, top_k=0, max_prompt_tokens=163_840, max_new_tokens=16_384,
@@ -166,7 +166,7 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              kv_budget_tokens=163_840 + 16 * 16_384)
 
 
-# Lower bounds of the numeric fields, and why (issue 15 item 5: each was found late, or never).
+# Lower bounds of the numeric fields, and why (each would fail late, or never).
 AT_LEAST = {
     "group_size": (2, "a group of one has no spread: every advantage is 0 and no step ever updates"),
     "prompts_per_step": (1, "a step needs prompts"), "max_gen_rounds": (1, "a step needs a generation round"),
@@ -424,7 +424,7 @@ def all_reduce_list(xs: list, device: torch.device, op=None) -> list:
     """Elementwise sum (or `op`) of a fixed-length list of numbers over all ranks, in one call.
 
     Every rank calls this with the same length at the same point of the step, whatever its data:
-    a collective that one rank skips hangs the others (issue 9).
+    a collective that one rank skips hangs the others.
     """
     if not dist.is_initialized():
         return [float(x) for x in xs]
@@ -489,7 +489,7 @@ class Rows:
 def finite_rewards(scores: list, tasks: list) -> tuple[list, int]:
     """(scores with every NaN / infinite one set to 0, how many were). One such reward would make the
     task's mean, and through TMN's mean over tasks every advantage of the global batch, NaN: it is
-    reported with its task and counted in the metric nonfinite_rewards instead (issue 15 item 9)."""
+    reported with its task and counted in the metric nonfinite_rewards instead."""
     out, bad = [], 0
     for task, r in zip(tasks, scores):
         if not math.isfinite(r):
@@ -532,10 +532,10 @@ def pick_groups(all_rows: list, need: int, filtering: bool) -> list:
     all_rows: every rank's (groups, rewards) lists of this round, in rank order (gathered: small).
     Returns, per rank, the kept row indices.
     A prompt is usable if its rewards are not all equal (or filtering is off); the surplus beyond
-    `need` usable prompts is discarded (SPEC section 5). Usable prompts are taken round-robin over
+    `need` usable prompts is discarded (the paper's dynamic sampling). Usable prompts are taken round-robin over
     the ranks (each rank's first, then each rank's second, ...; a rank that runs out is skipped), so
     every rank ends with (almost) the same number of kept rows: filling rank by rank left half the
-    GPUs of an 8-rank step idle in a dummy backward (issue 9: kept rows [624, 624, 400, 400, 0, 0, 0, 0]).
+    GPUs of an 8-rank step idle in a dummy backward (kept rows [624, 624, 400, 400, 0, 0, 0, 0]).
     """
     usable = []  # per rank: the row indices of each usable prompt, in the rank's order
     for groups, scores in all_rows:
@@ -786,7 +786,7 @@ def preview_adamw(optimizer: torch.optim.Optimizer, chunk: int = 2**24) -> tuple
 def optimizer_step(tr: Trainer, cfg: Config, bad: float) -> tuple[float, bool, float]:
     """Step 9: clip the global gradient norm, then AdamW. Every rank skips the step (weights and
     optimizer state untouched) when a loss or the gradient is non-finite on any rank, or when the
-    step would make any weight non-finite (issue 15: --lr 1e39); an update larger than the weights
+    step would make any weight non-finite (--lr 1e39); an update larger than the weights
     themselves (--lr 1e6) is applied with a loud warning. Returns (gradient norm, skipped, ratio)."""
     norm = policy.clip_grad_norm(tr.net.parameters(), cfg.grad_clip)  # global norm, also when sharded
     blowup, ratio = preview_adamw(tr.optimizer)
@@ -1044,7 +1044,7 @@ def build_tasks(cfg: Config, tok, n_per_task: int, seed) -> list:
 
 def usable_prompts(samples: list, tok, cfg: Config, rank: int, world: int, log) -> tuple[list, int]:
     """The training samples whose chat prompt fits --max-prompt-tokens (or, with --truncate-prompts,
-    can be cut to fit), decided once before step 1 so that no step runs short of prompts (issue 15).
+    can be cut to fit), decided once before step 1 so that no step runs short of prompts.
 
     Each rank tokenizes every world-th sample and the verdicts are gathered: the set is tokenized
     once, spread over the ranks. The test is data.encode_prompts' own. Returns (usable samples,
@@ -1117,7 +1117,7 @@ def load_policy(cfg: Config, ckpt, rank: int, device, log):
         tok.pad_token = tok.eos_token
     check_positions(str(ckpt or base), cfg)  # before the weights load: exit 2 if the run cannot fit
     model = policy.load_model(str(ckpt or base), device, cfg.trust_remote_code)
-    checkpoint.check_saveable(model, log)  # now, not after training (issue 15 item 3)
+    checkpoint.check_saveable(model, log)  # now, not after training
     eos_ids = policy.eos_token_ids(tok, model)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()  # non-reentrant: works under DDP
