@@ -239,19 +239,20 @@ def test_cuda_device_training_forward_backward_bf16(family):
     """The first update's forward and backward on CUDA under bf16 autocast, with flash-attn when it
     imports (else torch's SDPA), as close to the float32 per-row reference as bf16 allows."""
     import attention
-    from test_policy import make_model, make_rows, policy_loss
+    from test_policy import make_model, make_rows
     dev = torch.device("cuda")
     net = policy.Policy(make_model(family).to(dev).train(), temperature=1.0, chunk=16)
     rows = make_rows(64, prompt_lens=[300, 40], group_sizes=[4, 3], T=24)
     mb = list(range(len(rows.prompts)))
     path = attention.choose("auto", dev, half=True)
     want = policy.forward_logprobs(net, rows, mb, 0, dev).detach()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    mask = rows.mask.to(dev)
+    with attention.setting(net.lm), torch.autocast("cuda", dtype=torch.bfloat16):
         lp = policy.forward_logprobs_shared(net, rows, mb, 0, dev, attention=path)
-        loss = policy_loss(lp, rows, mb)
-    loss.backward()
+        loss = -(lp * mask * torch.linspace(-1, 1, len(mb), device=dev)[:, None]).sum() / mask.sum()
+        loss.backward()  # inside the setting: checkpointing's recompute (if on) uses it too
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
-    assert float((lp.detach() - want)[rows.mask.to(dev)].abs().max()) < 0.5
+    assert float((lp.detach() - want)[mask].abs().max()) < 1.0  # bf16 on CPU: 0.08 (qwen3), 0.29 (llama)
 
 
 @cuda_device
@@ -267,4 +268,4 @@ def test_cuda_device_rollout_bf16_matches_teacher_forcing():
         L = int(ro.lengths[r])
         ref = teacher_forced_logprobs(model32.cpu(), prompts[r // 4], ro.tokens[r, :L].tolist(), 1.0)
         model32.cuda()
-        assert float((ro.logprobs[r, :L].cpu() - ref).abs().max()) < 0.1
+        assert float((ro.logprobs[r, :L].cpu() - ref).abs().max()) < 0.5  # bf16 rounding: ~0.2; a wrong kernel: nats
