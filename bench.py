@@ -1,7 +1,7 @@
 """Performance claims, each measured side by side with the obvious alternative in one run.
 
     python bench.py                    # every section
-    python bench.py --only rewards     # one section: rewards, rollout, logprobs, prefix, learn, trl, gpu
+    python bench.py --only rewards     # one section: rewards, rollout, logprobs, prefix, learn, profile, trl, gpu
     python bench.py --only trl         # one step here vs TRL's GRPOTrainer (pip install trl: bench only)
     python bench.py --only gpu         # the prepared check on a lent GPU (says so and returns on CPU)
     python bench.py --only rewards,logprobs   # several (or --only rewards --only logprobs)
@@ -347,6 +347,56 @@ def bench_learn(args):
 
 
 # -----------------------------------------------------------------------------
+# profile: where a default step's time goes
+
+def bench_profile(args):
+    """Two steps of the embedded default (`python train.py --steps 2`), each phase timed by wrapping
+    the function that runs it: generation, scoring, old log-probs, the update's forward + loss and
+    its backward, and the optimizer step split into the global-norm clip, the non-finite preview
+    (train.preview_adamw) and AdamW itself; plus the sampler sync and the checkpoint save."""
+    import collections
+    import tempfile
+
+    import torch
+
+    import policy
+    import rewards
+    import rollout
+    import train
+    spent = collections.defaultdict(float)
+
+    def timed(mod, name, key):
+        real = getattr(mod, name)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            out = real(*a, **k)
+            spent[key] += time.perf_counter() - t
+            return out
+        setattr(mod, name, wrapper)
+        return real
+    reals = [(rollout, "generate"), (rewards, "score_batch"), (train, "old_logprobs"), (train, "micro_batch_loss"),
+             (train, "mini_batch_backward"), (train, "optimizer_step"), (policy, "clip_grad_norm"),
+             (train, "preview_adamw"), (torch.optim.AdamW, "step"), (train, "sync_sampler"), (train, "save_step")]
+    keys = ["generation (rollout.generate)", "scoring (rewards.score_batch)", "old log-probs (none at 1 mini-batch)",
+            "update: forward + loss", "update: forward + loss + backward", "update: optimizer step",
+            "  of which the gradient-norm clip", "  of which the non-finite preview", "  of which AdamW",
+            "sampler sync", "checkpoint save"]
+    saved = [(mod, name, timed(mod, name, key)) for (mod, name), key in zip(reals, keys)]
+    t = time.perf_counter()
+    try:
+        train.main(["--steps", "2", "--out-dir", tempfile.mkdtemp(prefix="golongrl-profile-"), "--save-minutes", "0"])
+    finally:
+        for mod, name, real in saved:
+            setattr(mod, name, real)
+    total = time.perf_counter() - t
+    print("\nseconds over 2 default steps (python train.py --steps 2):")
+    for key in keys:
+        print(f"  {key:44s} {spent[key]:6.1f}")
+    print(f"  {'the whole run (model load and data build too)':44s} {total:6.1f}")
+
+
+# -----------------------------------------------------------------------------
 # trl: one training step here vs TRL's GRPOTrainer, the same run set up on both sides
 
 TRL_WORKER = """
@@ -539,7 +589,8 @@ def bench_gpu(args):
 
 
 SECTIONS = {"rewards": bench_rewards, "rollout": bench_rollout, "logprobs": bench_logprobs,
-            "prefix": bench_prefix, "learn": bench_learn, "trl": bench_trl, "gpu": bench_gpu}
+            "prefix": bench_prefix, "learn": bench_learn, "profile": bench_profile, "trl": bench_trl,
+            "gpu": bench_gpu}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -773,13 +773,16 @@ def preview_adamw(optimizer: torch.optim.Optimizer, chunk: int = 2**24) -> tuple
             ms = flat(st["exp_avg"]) if "exp_avg" in st else [None] * len(flat(p))
             vs = flat(st["exp_avg_sq"]) if "exp_avg_sq" in st else [None] * len(flat(p))
             for w, g, m, v in zip(flat(p), flat(p.grad), ms, vs):
-                g = g.float()
-                m = (1 - b1) * g if m is None else b1 * m + (1 - b1) * g
-                v = (1 - b2) * g * g if v is None else b2 * v + (1 - b2) * g * g
-                new = w * (1 - lr * wd) - lr / (1 - b1 ** t) * m / (v.sqrt() / math.sqrt(1 - b2 ** t) + eps)
-                bad = torch.maximum(bad, (~torch.isfinite(new)).any().double())
-                upd2 += ((new - w).double() ** 2).sum()
-                w2 += (w.double() ** 2).sum()
+                g = g.float()  # new temporaries below, updated in place: the state is never touched
+                m = g.mul(1 - b1) if m is None else m.mul(b1).add_(g, alpha=1 - b1)
+                v = g.square().mul_(1 - b2) if v is None else v.mul(b2).addcmul_(g, g, value=1 - b2)
+                # step = old - new = lr wd p + lr / (1 - b1^t') * m' / (sqrt(v') / sqrt(1 - b2^t') + eps)
+                step = m.div_(v.sqrt_().div_(math.sqrt(1 - b2 ** t)).add_(eps)).mul_(lr / (1 - b1 ** t))
+                step.add_(w, alpha=lr * wd)
+                bad = torch.maximum(bad, (~torch.isfinite(w - step)).any().double())
+                # float32 norms (pairwise sums), squared in float64: a ratio, not a checksum
+                upd2 += torch.linalg.vector_norm(step).double() ** 2
+                w2 += torch.linalg.vector_norm(w.float()).double() ** 2
     return bad, (upd2 / w2.clamp_min(1e-30)).sqrt()
 
 
