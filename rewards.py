@@ -89,7 +89,7 @@ def _as_text(response) -> str:
 def _tail(response) -> str:
     """What a metric reads: the last MAX_ANSWER_CHARS characters of the answer. When that cuts the text,
     reading starts after the first line break in the tail, so no line is read in part ("xdoc1" must not
-    become "doc1"); a tail without a line break is read as empty. Issue 15 item 8: this bounds every
+    become "doc1"); a tail without a line break is read as empty. This bounds every
     metric's work on hostile text (1 MB in well under 100 ms) and costs a real answer nothing."""
     return _last_chars(_as_text(response), MAX_ANSWER_CHARS)
 

@@ -727,7 +727,7 @@ HOSTILE_MATH = [
 
 @pytest.mark.parametrize("i", range(len(HOSTILE_MATH)))
 def test_math_equal_hostile_inputs_under_10_ms(i):
-    # Issue 14: each hostile input returns a reward in [0, 1] in under 10 ms (best of 3).
+    # Untrusted model text: each hostile input returns a reward in [0, 1] in under 10 ms (best of 3).
     for gold in ("1", r"\frac{\sqrt{3}}{2}", "(1, 2)"):
         seconds, value = _seconds(math_equal, HOSTILE_MATH[i], gold)
         _check(value)

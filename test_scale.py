@@ -25,7 +25,7 @@ import train
 from test_train import ROOT, args, free_port, metrics, tiny  # noqa: F401  (tiny is a fixture)
 
 # -----------------------------------------------------------------------------
-# Issue 9 item 2: every collective runs the same number of times, in the same order, on every rank
+# Every collective runs the same number of times, in the same order, on every rank
 
 RECORDING_DRIVER = """
 import json, os, sys, torch
@@ -155,7 +155,7 @@ def test_collectives_identical_on_every_rank(uneven_run):
 
 
 # -----------------------------------------------------------------------------
-# Issue 15 item 4: too-long prompts are dropped and counted at load, never mid-run
+# Too-long prompts are dropped and counted at load, never mid-run
 
 def test_too_long_prompts_dropped_at_load(tiny, qwen_tokenizer, tmp_path, monkeypatch, capsys):
     """One prompt per step from a mix where about half are too long: every step runs (before, a step
@@ -181,7 +181,7 @@ def test_too_long_prompts_dropped_at_load(tiny, qwen_tokenizer, tmp_path, monkey
 
 
 # -----------------------------------------------------------------------------
-# Issue 9 item 4: kept rows spread evenly over the ranks
+# Kept rows spread evenly over the ranks
 
 def test_pick_groups_balances_kept_rows_over_ranks():
     """8 ranks x 64 prompts, G=16, need 128, half the groups zero-variance (at random): filling rank
@@ -213,7 +213,7 @@ def test_pick_groups_balances_kept_rows_over_ranks():
 
 
 # -----------------------------------------------------------------------------
-# Issue 9 item 1: the paper recipe's KV budget fits the recipe's own largest prompt
+# The paper recipe's KV budget fits the recipe's own largest prompt
 
 def test_paper_kv_budget_fits_the_largest_prompt():
     cfg = train.parse_config(["--recipe", "paper"])
@@ -230,7 +230,7 @@ def test_paper_kv_budget_fits_the_largest_prompt():
 
 
 # -----------------------------------------------------------------------------
-# Issue 9 item 5: the memory estimate, checked against a hand computation for Qwen3-4B
+# The memory estimate, checked against a hand computation for Qwen3-4B
 
 def test_memory_estimate_qwen3_4b_by_hand():
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -256,7 +256,7 @@ def test_memory_estimate_qwen3_4b_by_hand():
 
 
 # -----------------------------------------------------------------------------
-# Issue 9 item 6: --recipe paper, scaled down by size flags only, on 2 gloo ranks
+# --recipe paper, scaled down by size flags only, on 2 gloo ranks
 
 PAPER_DRIVER = """
 import sys
@@ -298,7 +298,7 @@ def test_paper_recipe_scaled_down_on_two_ranks(tiny, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# Issue 15 item 6: an update that would blow up the weights is skipped; an absurd one is shouted about
+# An update that would blow up the weights is skipped; an absurd one is shouted about
 
 def test_preview_adamw_equals_the_real_step():
     """The preview (reference: torch's own AdamW step) over two steps, one weight split in chunks."""
