@@ -30,6 +30,7 @@ Two kernel families, the same semantics:
 """
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -101,7 +102,7 @@ def to_flash_dtype(*ts: Tensor) -> list:
 
 # -----------------------------------------------------------------------------
 # Plain torch helpers: attention with its log-sum-exp, the merge of two partial attentions, and
-# causal attention aligned bottom-right without a dense mask
+# causal attention aligned bottom-right (flash-attn's alignment) without a dense mask
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
                        mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -132,14 +133,6 @@ def merge_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) 
     return out.to(out_a.dtype), lse
 
 
-def causal_mask_bottom_right(q_len: int, k_len: int, device) -> Tensor:
-    """[q_len, k_len] bool: query i sees key j iff j <= i + (k_len - q_len) (flash-attn's alignment).
-    The reference the tests compare sdpa_lower_right with; no kernel here builds it."""
-    i = torch.arange(q_len, device=device).unsqueeze(1)
-    j = torch.arange(k_len, device=device).unsqueeze(0)
-    return j <= i + (k_len - q_len)
-
-
 def sdpa_lower_right(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """Causal attention of the last Sq positions over Sk keys (query i sees keys j <= i + Sk - Sq).
 
@@ -163,20 +156,13 @@ def sdpa_lower_right(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
 # The rollout's KV cache: prompt K/V once per prompt, generated K/V per row, plus the metadata
 # the kernels read (one wave of prompts; rollout.generate builds one per wave)
 
+@dataclass
 class Segment:
     """A piece of one prompt inside a packed prefill chunk."""
-
-    def __init__(self, prompt: int, start: int, end: int, q0: int):
-        self.prompt = prompt  # prompt slot in the wave
-        self.start = start    # first prompt position in this chunk
-        self.end = end        # one past the last
-        self.q0 = q0          # offset of this segment inside the packed chunk
-
-    def __eq__(self, other):
-        return vars(self) == vars(other)
-
-    def __repr__(self):
-        return f"Segment({self.prompt}, {self.start}, {self.end}, {self.q0})"
+    prompt: int   # prompt slot in the wave
+    start: int    # first prompt position in this chunk
+    end: int      # one past the last
+    q0: int       # offset of this segment inside the packed chunk
 
 
 class SharedPrefixCache:

@@ -23,6 +23,11 @@ from conftest import load_flash_stand_in, tiny_llama, tiny_qwen3
 BF16 = torch.bfloat16
 
 
+def causal_mask_bottom_right(q_len: int, k_len: int) -> torch.Tensor:
+    """[q_len, k_len] bool: query i sees key j iff j <= i + (k_len - q_len) (flash-attn's alignment)."""
+    return torch.arange(k_len)[None] <= torch.arange(q_len)[:, None] + (k_len - q_len)
+
+
 # -----------------------------------------------------------------------------
 # Plain helpers: log-sum-exp merge, bottom-right causal without a mask
 
@@ -44,7 +49,7 @@ def test_merge_attention_equals_attention_over_concatenation():
 def test_attention_with_lse_mask_equals_sdpa():
     torch.manual_seed(1)
     q, k, v = torch.randn(2, 2, 4, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
-    mask = attention.causal_mask_bottom_right(4, 9, "cpu")
+    mask = causal_mask_bottom_right(4, 9)
     assert mask[0].tolist() == [True] * 6 + [False] * 3 and mask[3].all()  # bottom-right aligned
     out, _ = attention.attention_with_lse(q, k, v, 0.5, mask)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5))
@@ -54,7 +59,7 @@ def test_attention_with_lse_mask_equals_sdpa():
 def test_sdpa_lower_right_equals_the_masked_reference_with_grouped_heads(sq, sk):
     torch.manual_seed(2)
     q, k, v = torch.randn(1, 6, sq, 8), torch.randn(1, 2, sk, 8), torch.randn(1, 2, sk, 8)
-    mask = attention.causal_mask_bottom_right(sq, sk, "cpu")
+    mask = causal_mask_bottom_right(sq, sk)
     want = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1),
                                           attn_mask=mask, scale=0.4)
     torch.testing.assert_close(attention.sdpa_lower_right(q, k, v, 0.4), want, atol=1e-6, rtol=1e-5)
