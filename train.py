@@ -813,11 +813,16 @@ def optimizer_step(tr: Trainer, cfg: Config, bad: float) -> tuple[float, bool, f
     return float(norm), bool(bad or blowup), ratio
 
 
+def mini_batch_parts(rows: Rows, cfg: Config) -> list:
+    """The row indices of each of the batch's cfg.mini_batches optimizer steps (rows k, k+K, ...)."""
+    return [list(range(len(rows.prompts)))[k::cfg.mini_batches] for k in range(cfg.mini_batches)]
+
+
 def update(tr: Trainer, rows: Rows, adv: torch.Tensor, ref, cfg: Config, pad_id: int) -> dict:
     """Steps 7-9: one batch -> cfg.mini_batches optimizer steps. Returns this rank's averaged metrics."""
     old_lp = old_logprobs(tr, rows, cfg, pad_id)
     metrics, n_metrics, skipped = {}, 0, 0
-    parts = [list(range(len(rows.prompts)))[k::cfg.mini_batches] for k in range(cfg.mini_batches)]
+    parts = mini_batch_parts(rows, cfg)
     for part in parts:
         m, n, bad = mini_batch_backward(tr, rows, part, adv, old_lp, ref, cfg, pad_id)
         for k, v in m.items():
@@ -947,8 +952,8 @@ def update_tokens(rows: Rows, cfg: Config) -> tuple[int, int]:
     if not cfg.shared_prefix:
         return per_row, per_row
     run = 0
-    for k in range(cfg.mini_batches):
-        for mb in policy.shared_micro_batches(rows, idx[k::cfg.mini_batches], cfg.micro_batch_tokens):
+    for part in mini_batch_parts(rows, cfg):  # the update's own split, micro-batch by micro-batch
+        for mb in policy.shared_micro_batches(rows, part, cfg.micro_batch_tokens):
             run += sum(len(rows.prompts[g[0]]) + sum(int(rows.mask[i].sum()) for i in g)
                        for g in policy.group_rows(rows, mb))
     return run, per_row
