@@ -10,11 +10,9 @@ Tiny random models use initializer_range=0.3 so that they do not just repeat the
 
 import math
 import sys
-import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import attention
 import rollout
