@@ -547,11 +547,11 @@ def bench_gpu(args):
     print(f"default run, 3 steps, bf16: exit {run.returncode} in {time.perf_counter() - t:.0f} s; "
           + next((line for line in run.stdout.splitlines() if line.startswith("attention kernels")), ""))
     if run.returncode == 0:
+        import config
         import policy
-        import train
         m = [json.loads(line) for line in open(out / "metrics.jsonl")]
-        cfg = train.Config(**{k: v for k, v in json.load(open(out / "config.json")).items()
-                              if k in train.Config.__dataclass_fields__})
+        cfg = config.Config(**{k: v for k, v in json.load(open(out / "config.json")).items()
+                               if k in config.Config.__dataclass_fields__})
         from transformers import AutoConfig
         mc = AutoConfig.from_pretrained(policy.embedded_model_dir())
         n = sum(p.numel() for p in policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu")).parameters())

@@ -18,7 +18,7 @@ checkpoints/step_NNNNNN/ and rewards.png.
 No collectives here except the last section (the sharded optimizer state of --shard fsdp, which
 every rank writes and reads): train.py gathers what every rank must
 contribute and calls the rest on rank 0. This file does not import train.py: functions that read the
-config take it as an argument (cfg: a train.Config, read by field name).
+config take it as an argument (cfg: a config.Config, read by field name).
 """
 
 import dataclasses
@@ -435,7 +435,7 @@ def task_order(names) -> list:
 
 def config_text(cfg, defaults, saved_to) -> str:
     """The fields that differ from the defaults as aligned `key = value` lines, and where all are.
-    cfg, defaults: the run's train.Config and Config() (passed in: this file does not import train)."""
+    cfg, defaults: the run's config.Config and Config() (passed in: this file does not import train)."""
     diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(defaults, k)}
     where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
     if not diff:
@@ -543,7 +543,7 @@ def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> st
 
 
 # -----------------------------------------------------------------------------
-# The run folder: what this command does with it (cfg: train.Config, read by field name)
+# The run folder: what this command does with it (cfg: config.Config, read by field name)
 
 def plot_only(cfg, out_dir: Path) -> bool:
     """--plot on a folder that holds a run, with neither --resume nor --overwrite: draw it, train nothing."""

@@ -462,7 +462,7 @@ def qwen3_params(name: str) -> int:
 def wave_kv_positions(cfg, world: int) -> int:
     """KV positions (per layer) of the largest generation wave: rollout.wave_kv_tokens of the
     longest allowed prompt with its G x max_new rows, or the whole budget if that is larger; with no
-    budget (0) all of a rank's prompts of a round share one wave. cfg: train.Config."""
+    budget (0) all of a rank's prompts of a round share one wave. cfg: config.Config."""
     one = cfg.max_prompt_tokens + cfg.group_size * cfg.max_new_tokens
     if cfg.kv_budget_tokens:
         return max(cfg.kv_budget_tokens, one)
@@ -499,7 +499,7 @@ def memory_estimate(n_params: int, config=None, kv_positions: int = 0, sampler: 
 
 def log_memory_estimate(model, cfg, world: int, device, log):
     """Print the DDP estimate at start-up on CUDA, against the GPU's memory: a run that cannot fit is
-    visible before any GPU time is spent. cfg: train.Config."""
+    visible before any GPU time is spent. cfg: config.Config."""
     if device.type != "cuda":
         return
     kv = wave_kv_positions(cfg, world)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import checkpoint
+import config
 import data
 import rewards
 import tasks
@@ -64,7 +65,7 @@ def word_tokenizer():
 ])
 def test_bad_flag_refused_at_parse_with_exit_2(flags, says, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        train.parse_config(flags + ["--out-dir", str(tmp_path / "run")])
+        config.parse_config(flags + ["--out-dir", str(tmp_path / "run")])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert says in err, err
@@ -75,7 +76,7 @@ def test_every_problem_reported_one_line_each(tmp_path, capsys):
     flags = ["--mini-batches", "0", "--keep-last", "-1", "--temperature", "nan", "--group-size", "1",
              "--lr", "nan", "--model", "/nonexistent", "--out-dir", str(tmp_path / "run")]
     with pytest.raises(SystemExit):
-        train.parse_config(flags)
+        config.parse_config(flags)
     errors = [l for l in capsys.readouterr().err.splitlines() if ": error: " in l]
     assert len(errors) == 6, errors
     for name in ("--mini-batches", "--keep-last", "--temperature", "--group-size", "--lr", "--model"):
@@ -83,23 +84,23 @@ def test_every_problem_reported_one_line_each(tmp_path, capsys):
 
 
 def test_defaults_and_paper_recipe_are_valid(tmp_path):
-    assert train.validate_config(train.Config(out_dir=str(tmp_path / "run"))) == []
-    assert train.validate_config(train.parse_config(["--recipe", "paper", "--out-dir", str(tmp_path)])) == []
+    assert config.validate_config(config.Config(out_dir=str(tmp_path / "run"))) == []
+    assert config.validate_config(config.parse_config(["--recipe", "paper", "--out-dir", str(tmp_path)])) == []
 
 
 def test_model_folder_without_tokenizer_refused(tmp_path):
     tiny_llama().save_pretrained(tmp_path / "m")  # weights and config, no tokenizer files
-    problems = train.validate_config(train.Config(model=str(tmp_path / "m"), out_dir=str(tmp_path / "run")))
+    problems = config.validate_config(config.Config(model=str(tmp_path / "m"), out_dir=str(tmp_path / "run")))
     assert len(problems) == 1 and "no tokenizer file" in problems[0] and "save_pretrained" in problems[0]
     word_tokenizer().save_pretrained(tmp_path / "m")
-    assert train.validate_config(train.Config(model=str(tmp_path / "m"), out_dir=str(tmp_path / "run"))) == []
+    assert config.validate_config(config.Config(model=str(tmp_path / "m"), out_dir=str(tmp_path / "run"))) == []
 
 
 def test_hub_ids_are_asked_of_the_hub(tmp_path, monkeypatch):
     """org/name is a hub id, not a missing folder: the hub is asked (test_run_safety.py: offline)."""
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: object())
-    assert train.validate_config(train.Config(model="Qwen/Qwen3-4B", out_dir=str(tmp_path))) == []
+    assert config.validate_config(config.Config(model="Qwen/Qwen3-4B", out_dir=str(tmp_path))) == []
 
 
 # -----------------------------------------------------------------------------
@@ -107,13 +108,13 @@ def test_hub_ids_are_asked_of_the_hub(tmp_path, monkeypatch):
 
 def test_out_dir_that_is_a_file_or_holds_a_checkpoints_file_refused(tmp_path):
     (tmp_path / "file").write_text("x")
-    problems = train.validate_config(train.Config(out_dir=str(tmp_path / "file")))
+    problems = config.validate_config(config.Config(out_dir=str(tmp_path / "file")))
     assert len(problems) == 1 and "is a file, not a folder" in problems[0]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").write_text("x")
-    problems = train.validate_config(train.Config(out_dir=str(tmp_path / "run")))
+    problems = config.validate_config(config.Config(out_dir=str(tmp_path / "run")))
     assert len(problems) == 1 and "checkpoints is a file" in problems[0]
-    problems = train.validate_config(train.Config(out_dir=str(tmp_path / "file" / "sub")))
+    problems = config.validate_config(config.Config(out_dir=str(tmp_path / "file" / "sub")))
     assert len(problems) == 1 and "is a file, not a folder" in problems[0]
 
 
@@ -123,9 +124,9 @@ def test_read_only_out_dir_refused(tmp_path, monkeypatch):
     ro.chmod(0o555)
     if os.access(ro, os.W_OK):  # root ignores permission bits: answer as any other user would
         real = os.access
-        monkeypatch.setattr(train.os, "access", lambda p, m: False if Path(p) == ro else real(p, m))
+        monkeypatch.setattr(config.os, "access", lambda p, m: False if Path(p) == ro else real(p, m))
     for out in (ro, ro / "new_run"):  # existing, and to be created inside it
-        problems = train.validate_config(train.Config(out_dir=str(out)))
+        problems = config.validate_config(config.Config(out_dir=str(out)))
         assert len(problems) == 1 and "is not writable" in problems[0], problems
     ro.chmod(0o755)
 
@@ -335,7 +336,7 @@ def test_json_line_writes_null_for_non_finite_numbers():
 
 def test_metrics_with_nothing_kept_are_strict_json():
     light = [train.Record((1, 0, 0, 0), "qa", 0.5, 3, False, True)] * 4  # one group, all equal: nothing kept
-    m = train.step_metrics(light, [], torch.zeros(0), train.Config())
+    m = train.step_metrics(light, [], torch.zeros(0), config.Config())
     assert math.isnan(m["difficulty/mean_pass_rate"])
     assert strict_json(checkpoint.json_line(m))["difficulty/mean_pass_rate"] is None
 
@@ -352,7 +353,7 @@ def test_nan_reward_does_not_poison_the_advantages():
     r, _ = train.finite_rewards([0.0, 1.0, float("nan"), 1.0, 0.0, 1.0], ["a"] * 4 + ["b"] * 2)
     kept = [train.Record(g, t, x, 3, False, True)
             for g, t, x in zip([0, 0, 1, 1, 2, 2], ["a"] * 4 + ["b"] * 2, r)]
-    adv = train.advantages(kept, train.Config())
+    adv = train.advantages(kept, config.Config())
     assert torch.isfinite(adv).all() and (adv != 0).any()
 
 
@@ -365,8 +366,8 @@ def test_skip_unknown_sources_flag(tmp_path, capsys):
                                        json.dumps({**rec, "data_source": "someone_elses_set"})])
     base = ["--data", str(tmp_path / "d.jsonl"), "--out-dir", str(tmp_path / "run")]
     with pytest.raises(data.DataError, match="d.jsonl:2: unknown data_source 'someone_elses_set'"):
-        train.load_data(train.parse_config(base), tok=None)
-    train_set, _ = train.load_data(train.parse_config(base + ["--skip-unknown-sources"]), tok=None)
+        train.load_data(config.parse_config(base), tok=None)
+    train_set, _ = train.load_data(config.parse_config(base + ["--skip-unknown-sources"]), tok=None)
     assert [s.source for s in train_set] == ["EM"]
 
 

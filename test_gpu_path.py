@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import policy
+import config
 import train
 from conftest import STAND_INS
 from test_scale import torchrun
@@ -91,7 +92,7 @@ def test_two_ranks_run_the_gpu_code_on_cpu(shard, tiny, tmp_path, monkeypatch):
 
 def test_flash_with_fp32_is_refused_at_start():
     with pytest.raises(SystemExit) as e:
-        train.parse_config(["--attention", "flash", "--precision", "fp32"])
+        config.parse_config(["--attention", "flash", "--precision", "fp32"])
     assert e.value.code == 2
 
 
@@ -161,7 +162,7 @@ def test_cuda_choices(tiny, monkeypatch):
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(tiny / "model")
-    cfg = train.parse_config(["--model", str(tiny / "model")])
+    cfg = config.parse_config(["--model", str(tiny / "model")])
     tr = train.make_trainer(model, cfg, 1, torch.device("cuda"))  # no tensor goes to the device here
     assert tr.optimizer.defaults["fused"] is True
     tr = train.make_trainer(model, cfg, 1, torch.device("cpu"))
@@ -181,7 +182,7 @@ def test_cuda_timings_wait_for_the_gpu(monkeypatch):
 
 
 def test_positions_beyond_the_model_are_refused_before_loading(tiny, capsys):
-    cfg = train.parse_config(["--model", str(tiny / "model"), "--max-prompt-tokens", "32000",
+    cfg = config.parse_config(["--model", str(tiny / "model"), "--max-prompt-tokens", "32000",
                               "--max-new-tokens", "1000"])  # the tiny model has 32,768 positions
     with pytest.raises(SystemExit) as e:
         train.check_positions(str(tiny / "model"), cfg)
@@ -192,7 +193,7 @@ def test_paper_recipe_packs_a_quarter_group_per_micro_batch_and_fits_141_gb():
     """The recipe's longest prompt with 4 of its 16 longest responses in one micro-batch: a group is
     four sub-groups, its prompt run 4 times (16 with a micro-batch below a prompt plus two
     responses); by policy.phase_memory that fits a 141 GB GPU at 8 GPUs under fsdp, 8 would not."""
-    p = train.PAPER
+    p = config.PAPER
     P, G, R = p["max_prompt_tokens"], p["group_size"], p["max_new_tokens"]
     rows = type("Rows", (), {})()
     rows.prompts = [[1] * P] * G
@@ -211,7 +212,7 @@ def test_ddp_keeps_gradients_in_its_buckets_across_steps(tiny, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         model = AutoModelForCausalLM.from_pretrained(tiny / "model")
-        cfg = train.parse_config(["--model", str(tiny / "model")])
+        cfg = config.parse_config(["--model", str(tiny / "model")])
         net = policy.Policy(model, 1.0, 64)
         tr = train.make_trainer(model, cfg, 1, torch.device("cpu"))
         tr.wrapped = torch.nn.parallel.DistributedDataParallel(net, gradient_as_bucket_view=True)

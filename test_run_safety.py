@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import checkpoint
+import config
 import rewards
 import tasks
 import train
@@ -146,7 +147,7 @@ def test_bad_data_refused_before_the_model_with_path_line_and_field(tmp_path, no
 
 def refused(flags: list, capsys) -> str:
     with pytest.raises(SystemExit) as e:
-        train.parse_config(flags)
+        config.parse_config(flags)
     assert e.value.code == 2
     (line,) = error_lines(capsys.readouterr().err)
     return line
@@ -192,10 +193,10 @@ def test_hub_id_missing_offline_refused_at_start(tmp_path, monkeypatch, capsys):
     assert "the hub could not be asked" in line and "Name or service not known" in line
     # with a network the hub is asked and a known id passes; a cached one never asks
     monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: object())
-    assert train.parse_config(["--model", "Qwen/Qwen3-4B"] + out).model == "Qwen/Qwen3-4B"
+    assert config.parse_config(["--model", "Qwen/Qwen3-4B"] + out).model == "Qwen/Qwen3-4B"
     monkeypatch.setattr(huggingface_hub, "model_info", no_network)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/config.json")
-    assert train.parse_config(["--model", "Qwen/Qwen3-4B"] + out).model == "Qwen/Qwen3-4B"
+    assert config.parse_config(["--model", "Qwen/Qwen3-4B"] + out).model == "Qwen/Qwen3-4B"
 
 
 @pytest.mark.parametrize("flags, says", [
@@ -210,7 +211,7 @@ def test_tasks_build_refuses_bad_numbers(flags, says, tmp_path, capsys):
 
 
 def test_tasks_build_default_context_is_train_default():
-    assert tasks.make_parser().parse_args(["build", "--out", "x"]).context_tokens == train.Config().context_tokens
+    assert tasks.make_parser().parse_args(["build", "--out", "x"]).context_tokens == config.Config().context_tokens
 
 
 # -----------------------------------------------------------------------------
@@ -271,4 +272,4 @@ def test_save_minutes_checkpoints_by_time(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(rewards, "score_batch", length_reward)
     train.main(args(tiny, tmp_path, "--steps", "2", "--keep-last", "5", "--save-minutes", "1e-9"))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
-    assert train.Config().save_minutes > 0  # on by default
+    assert config.Config().save_minutes > 0  # on by default

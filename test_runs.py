@@ -20,6 +20,7 @@ import torch
 
 import bench
 import checkpoint
+import config
 import data
 import rewards
 import rollout
@@ -74,7 +75,7 @@ def test_second_run_is_refused_before_loading_then_overwrite_replaces(tiny, tmp_
     monkeypatch.setattr(train, "load_policy", real_load)
     assert (tmp_path / "metrics.jsonl").read_text() == before  # untouched
     with pytest.raises(SystemExit):
-        train.parse_config(["--resume", "--overwrite"])
+        config.parse_config(["--resume", "--overwrite"])
     train.main(args(tiny, tmp_path, "--steps", "1", "--overwrite"))
     assert [m["step"] for m in metrics(tmp_path)] == [1]
     # the old step-2 checkpoint is gone: it would otherwise be "the newest" of the new run
@@ -150,10 +151,10 @@ def test_eval_only_scores_the_newest_checkpoint_or_the_one_named(tiny, tmp_path,
     train.main(args(tiny, run, *ev, "--checkpoint", str(run / "checkpoints" / "step_000001")))
     assert evals(run)[-1]["step"] == 1
     # the run's own settings (model, data, limits) from its config.json; flags given here win
-    cfg = train.parse_config(["--eval-only", "--out-dir", str(run), "--max-new-tokens", "5"])
+    cfg = config.parse_config(["--eval-only", "--out-dir", str(run), "--max-new-tokens", "5"])
     assert (cfg.model, cfg.data, cfg.group_size, cfg.max_new_tokens) == (str(tiny / "model"),
                                                                          str(tiny / "tasks.jsonl"), 4, 5)
-    assert cfg.out_dir == str(run) and cfg.eval_only and not train.parse_config(["--out-dir", str(run)]).model
+    assert cfg.out_dir == str(run) and cfg.eval_only and not config.parse_config(["--out-dir", str(run)]).model
     # a folder without checkpoints: the base model, said out loud, recorded as step 0
     train.main(args(tiny, tmp_path / "empty", *ev))
     assert evals(tmp_path / "empty")[-1]["step"] == 0
@@ -161,7 +162,7 @@ def test_eval_only_scores_the_newest_checkpoint_or_the_one_named(tiny, tmp_path,
     with pytest.raises(SystemExit, match="--eval-data"):
         train.main(args(tiny, run, "--eval-only"))  # --data has no held-out split
     with pytest.raises(SystemExit):
-        train.parse_config(["--checkpoint", "x"])  # only with --eval-only
+        config.parse_config(["--checkpoint", "x"])  # only with --eval-only
 
 
 def test_task_scores_are_means_of_prompt_means_with_standard_errors():
@@ -206,7 +207,7 @@ def test_eval_only_with_several_samples_keeps_prompt_scores_and_prints_standard_
                     "--eval-samples", "4"))
     assert evals(tmp_path / "run")[-1]["prompts"] == line["prompts"]  # the same seeds: the same scores
     with pytest.raises(SystemExit):
-        train.parse_config(["--eval-samples", "0"])
+        config.parse_config(["--eval-samples", "0"])
 
 
 def test_eval_only_builds_only_the_held_out_tasks(qwen_tokenizer, monkeypatch):
@@ -216,8 +217,8 @@ def test_eval_only_builds_only_the_held_out_tasks(qwen_tokenizer, monkeypatch):
     monkeypatch.setattr(tasks, "build_tasks", lambda *a, **k: calls.append((a[2], a[4])) or real(*a, **k))
     monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
     flags = ["--context-tokens", "400", "--n-per-task", "1", "--eval-per-task", "1"]
-    _, held = train.load_data(train.parse_config(flags), qwen_tokenizer)
-    train_set, only = train.load_data(train.parse_config(flags + ["--eval-only"]), qwen_tokenizer)
+    _, held = train.load_data(config.parse_config(flags), qwen_tokenizer)
+    train_set, only = train.load_data(config.parse_config(flags + ["--eval-only"]), qwen_tokenizer)
     assert calls == [(1, "heldout"), (1, 0), (1, "heldout")] and train_set == []
     assert [(s.id, s.answer) for s in only] == [(s.id, s.answer) for s in held]
 
@@ -227,8 +228,8 @@ def test_held_out_split_is_fixed_by_id_not_by_seed(qwen_tokenizer, monkeypatch):
     ones, and no training prompt is a held-out one."""
     monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
     flags = ["--context-tokens", "400", "--n-per-task", "2", "--eval-per-task", "2"]
-    train0, held0 = train.load_data(train.parse_config(flags + ["--seed", "0"]), qwen_tokenizer)
-    train1, held1 = train.load_data(train.parse_config(flags + ["--seed", "1"]), qwen_tokenizer)
+    train0, held0 = train.load_data(config.parse_config(flags + ["--seed", "0"]), qwen_tokenizer)
+    train1, held1 = train.load_data(config.parse_config(flags + ["--seed", "1"]), qwen_tokenizer)
     assert [(s.id, s.prompt, s.answer) for s in held0] == [(s.id, s.prompt, s.answer) for s in held1]
     assert {s.id for s in train0} != {s.id for s in train1}
     assert len(held0) == 2 * len(data.TASK_NAMES) and all("-heldout-" in s.id for s in held0)
@@ -240,12 +241,12 @@ def test_held_out_split_is_fixed_by_id_not_by_seed(qwen_tokenizer, monkeypatch):
 # Item 4: config, step line, summary
 
 def test_config_text_lists_changed_fields_aligned():
-    text = checkpoint.config_text(train.parse_config(["--steps", "10", "--out-dir", "runs/x"]), train.Config(),
+    text = checkpoint.config_text(config.parse_config(["--steps", "10", "--out-dir", "runs/x"]), config.Config(),
                                  "runs/x/config.json")
     lines = text.splitlines()
     assert "runs/x/config.json" in lines[0]
     assert lines[1:] == ["  steps   = 10", "  out_dir = 'runs/x'"]
-    assert "defaults" in checkpoint.config_text(train.Config(), train.Config(), None)
+    assert "defaults" in checkpoint.config_text(config.Config(), config.Config(), None)
 
 
 def test_every_task_has_a_short_label_in_the_step_line_and_readme():
@@ -321,7 +322,7 @@ def test_training_run_writes_config_and_summary(tiny, tmp_path, monkeypatch, cap
     monkeypatch.setattr(rewards, "score_batch", length_reward)
     train.main(args(tiny, tmp_path, "--steps", "1"))
     saved = json.loads((tmp_path / "config.json").read_text())
-    given = train.dataclasses.asdict(train.parse_config(args(tiny, tmp_path, "--steps", "1")))
+    given = config.dataclasses.asdict(config.parse_config(args(tiny, tmp_path, "--steps", "1")))
     assert saved == {**given, "precision": "fp32", "attention": "torch"}  # 'auto' resolved on this CPU
     out = capsys.readouterr().out
     assert f"  steps              = 1" in out and "done: steps 1 in" in out
@@ -357,7 +358,7 @@ def test_bench_only_takes_several_sections():
 
 def test_kv_budget_zero_is_one_wave_as_the_help_says(capsys):
     with pytest.raises(SystemExit):
-        train.parse_config(["--help"])
+        config.parse_config(["--help"])
     assert "0 = no limit: all prompts in one wave" in " ".join(capsys.readouterr().out.split())
     # train.py passes kv_budget_tokens or None; rollout plans None as a single wave
     assert rollout.plan_waves([900, 10, 500], n=16, max_new_tokens=16384, budget=None) == [[0, 2, 1]]

@@ -21,6 +21,7 @@ import torch
 import data
 import policy
 import rollout
+import config
 import train
 from test_train import ROOT, args, free_port, metrics, tiny  # noqa: F401  (tiny is a fixture)
 
@@ -216,7 +217,7 @@ def test_pick_groups_balances_kept_rows_over_ranks():
 # The paper recipe's KV budget fits the recipe's own largest prompt
 
 def test_paper_kv_budget_fits_the_largest_prompt():
-    cfg = train.parse_config(["--recipe", "paper"])
+    cfg = config.parse_config(["--recipe", "paper"])
     n, new, budget = cfg.group_size, cfg.max_new_tokens, cfg.kv_budget_tokens
     assert budget == cfg.max_prompt_tokens + n * new == 425_984
     lengths = [cfg.max_prompt_tokens, 120_000, 40_000, 30_000, 2_000, 100]   # one rank's prompts
@@ -242,7 +243,7 @@ def test_memory_estimate_qwen3_4b_by_hand():
     # + MLP 3 x 2560x9728 + two RMSNorms 2560 = 100,930,816; x 36 layers + tied embedding
     # 151,936 x 2560 + final norm 2560
     assert n == 36 * 100_930_816 + 151_936 * 2560 + 2560 == 4_022_468_096
-    kv = policy.wave_kv_positions(train.parse_config(["--recipe", "paper"]), world=8)
+    kv = policy.wave_kv_positions(config.parse_config(["--recipe", "paper"]), world=8)
     assert kv == 163_840 + 16 * 16_384
     m = policy.memory_estimate(n, cfg, kv)
     assert m["weights"] == m["grads"] == 4 * n and m["adamw"] == 8 * n and m["sampler"] == 2 * n
@@ -251,7 +252,7 @@ def test_memory_estimate_qwen3_4b_by_hand():
     assert m["total"] == 18 * 4_022_468_096 + 62_813_896_704 == 135_218_322_432  # 125.9 GiB: not 80 GB
     assert policy.memory_estimate(n, cfg, kv, bucket_view=False)["total"] == m["total"] + 4 * n
     # without a KV budget all of a rank's prompts of a round share one wave
-    cfg0 = train.parse_config(["--recipe", "paper", "--kv-budget-tokens", "0"])
+    cfg0 = config.parse_config(["--recipe", "paper", "--kv-budget-tokens", "0"])
     assert policy.wave_kv_positions(cfg0, world=8) == 512 // 8 * (163_840 + 16 * 16_384)
 
 
@@ -283,12 +284,12 @@ def test_paper_recipe_scaled_down_on_two_ranks(tiny, tmp_path):
     proc = torchrun(driver, argv, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     resolved = json.load(open(tmp_path / "out" / "config.json"))  # the full resolved config
-    for k, v in train.PAPER.items():   # every recipe value other than sizes reached the run
+    for k, v in config.PAPER.items():   # every recipe value other than sizes reached the run
         assert resolved[k] == SIZES.get(k, v), k
-    assert set(SIZES) - {"steps"} <= set(train.PAPER)
+    assert set(SIZES) - {"steps"} <= set(config.PAPER)
     m = metrics(tmp_path / "out")
     assert [x["step"] for x in m] == [1, 2]
-    assert all(x["lr"] <= train.PAPER["lr"] for x in m) and m[1]["lr"] > m[0]["lr"]  # warmup
+    assert all(x["lr"] <= config.PAPER["lr"] for x in m) and m[1]["lr"] > m[0]["lr"]  # warmup
     assert any(x["kept_prompts"] > 0 and "grad_norm" in x for x in m)
     from transformers import AutoModelForCausalLM
     import checkpoint

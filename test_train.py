@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import checkpoint
+import config
 import data
 import policy
 import rewards
@@ -61,19 +62,19 @@ def params(model) -> dict:
 
 def test_help_lists_every_config_field(capsys):
     with pytest.raises(SystemExit):
-        train.parse_config(["--help"])
+        config.parse_config(["--help"])
     text = capsys.readouterr().out
-    for f in train.dataclasses.fields(train.Config):
+    for f in config.dataclasses.fields(config.Config):
         assert f"--{f.name.replace('_', '-')}" in text, f.name
 
 
 def test_recipe_paper_and_explicit_flags_win():
-    cfg = train.parse_config(["--recipe", "paper", "--lr", "1e-6"])
+    cfg = config.parse_config(["--recipe", "paper", "--lr", "1e-6"])
     assert (cfg.group_size, cfg.prompts_per_step, cfg.gen_prompts, cfg.max_new_tokens) == (16, 128, 512, 16384)
     assert cfg.max_prompt_tokens == 163_840 and cfg.require_think and cfg.lr == 1e-6
-    assert train.parse_config([]).lr == 1e-5
+    assert config.parse_config([]).lr == 1e-5
     with pytest.raises(SystemExit):
-        train.parse_config(["--advantage", "ppo"])
+        config.parse_config(["--advantage", "ppo"])
 
 
 def test_pick_groups_drops_zero_variance_and_surplus():
@@ -348,7 +349,7 @@ def test_every_flag_passes_through_torchrun():
     (that is why the group size is --group-size, not --n): every flag must reach train.py intact."""
     from torch.distributed.run import get_args_parser
     flags = []
-    for f in train.dataclasses.fields(train.Config):
+    for f in config.dataclasses.fields(config.Config):
         name = f"--{f.name.replace('_', '-')}"
         flags += [name] if isinstance(f.default, bool) else [name, str(f.default) or "x"]
         if isinstance(f.default, bool):
@@ -362,8 +363,8 @@ def test_update_tokens_count_a_shared_prompt_once_and_per_row_once_per_response(
     p1, p2 = list(range(3, 103)), list(range(5, 105))  # two prompts of 100 tokens, 4 responses of 5
     rows = train.Rows([p1] * 4 + [p2] * 4, torch.ones(8, 5, dtype=torch.long), torch.ones(8, 5, dtype=torch.bool),
                       torch.zeros(8, 5), [0.0] * 8, ["t"] * 8, [1] * 4 + [2] * 4, [False] * 8, [True] * 8)
-    cfg = train.Config(micro_batch_tokens=10_000)
+    cfg = config.Config(micro_batch_tokens=10_000)
     assert train.update_tokens(rows, cfg) == (2 * (100 + 4 * 5), 8 * 105)
     # a budget that splits each group in two: every sub-group runs its prompt again
-    assert train.update_tokens(rows, train.Config(micro_batch_tokens=110))[0] == 4 * (100 + 2 * 5)
-    assert train.update_tokens(rows, train.Config(shared_prefix=False)) == (8 * 105, 8 * 105)
+    assert train.update_tokens(rows, config.Config(micro_batch_tokens=110))[0] == 4 * (100 + 2 * 5)
+    assert train.update_tokens(rows, config.Config(shared_prefix=False)) == (8 * 105, 8 * 105)
