@@ -1,29 +1,26 @@
-"""The run folder: checkpoints (a Hugging Face folder + trainer state, written atomically and
-verified before a resume takes one, the last K kept), the random generators they restore,
-metrics.jsonl (strict JSON lines, trimmed safely on resume), the guard against starting over a
-finished run (and --overwrite's old run set aside until the new run's first checkpoint), the disk
-check, the reward plot drawn from metrics.jsonl, and what the user reads: the config at start, one
-line per step, the evaluation table and the end-of-run summary (train.py prints them).
+"""The run's state in and out: checkpoints (a Hugging Face folder + trainer state, written atomically
+and verified before a resume takes one, the last K kept), the random generators they restore,
+metrics.jsonl trimmed safely on resume, the guard against starting over a finished run (and
+--overwrite's old run set aside until the new run's first checkpoint), the disk check, and the
+sharded AdamW state of --shard fsdp. What a person reads of a run (lines, tables, the plot) is
+report.py's.
 
     import checkpoint
     ckpt = checkpoint.latest_checkpoint(Path("runs/default"))   # newest intact one, or None
+    checkpoint.checkpoint_problem(ckpt)                          # '' = intact, else why not
     checkpoint.resume_metrics(Path("runs/default/metrics.jsonl"), step=12)   # keep steps 1..12
-    checkpoint.plot_rewards(Path("runs/default"))               # rewards.png (needs matplotlib)
-    print(checkpoint.run_summary(lines, seconds, Path("runs/default"), plotted=False))
 
 A run folder holds: config.json (the full training config), metrics.jsonl (one line per step),
 evals.jsonl (one line per evaluation), samples.jsonl (a few responses per step),
 checkpoints/step_NNNNNN/ and rewards.png.
 
 No collectives here except the last section (the sharded optimizer state of --shard fsdp, which
-every rank writes and reads): train.py gathers what every rank must
-contribute and calls the rest on rank 0. This file does not import train.py: functions that read the
-config take it as an argument (cfg: a config.Config, read by field name).
+every rank writes and reads): train.py gathers what every rank must contribute and calls the rest
+on rank 0. Functions that read the config take it as an argument (cfg: a config.Config, read by
+field name).
 """
-
 import dataclasses
 import json
-import math
 import os
 import random
 import shutil
@@ -32,8 +29,6 @@ import zipfile
 from pathlib import Path
 
 import torch
-
-import data
 
 
 # -----------------------------------------------------------------------------
@@ -217,12 +212,7 @@ def check_saveable(model, log=print):
 
 
 # -----------------------------------------------------------------------------
-# metrics.jsonl: strict JSON lines, kept safe across a resume
-
-def json_line(m: dict) -> str:
-    """One metrics line, strict JSON: a NaN or infinite number becomes null (bare NaN is not JSON)."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
-    return json.dumps(clean, allow_nan=False) + "\n"
+# metrics.jsonl kept safe across a resume (report.json_line writes its lines)
 
 
 def resume_metrics(path: Path, step: int, log=print) -> dict:
@@ -373,173 +363,10 @@ def remove_partial_saves(out_dir: Path, log) -> list:
 # -----------------------------------------------------------------------------
 # The reward plot
 
-def require_matplotlib():
-    """pyplot on the file-only Agg backend, or exit 1 at once naming the package (before any work)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        sys.exit("--plot needs matplotlib, which is not installed: pip install matplotlib")
-    return plt
-
-
-def reward_curves(lines: list) -> dict:
-    """{task: [(step, mean reward), ...]} from metrics.jsonl records; "all" is the whole batch.
-    A task appears at the steps where the batch held it, so a rare task may have a single point."""
-    curves: dict = {}
-    for line in lines:
-        for k, v in line.items():
-            if k.startswith("reward/") and k.endswith("/mean") and v is not None:  # null: no value that step
-                curves.setdefault(k.split("/")[1], []).append((line["step"], v))
-    return dict(sorted(curves.items()))
-
-
-def plot_rewards(out_dir: Path):
-    """Per-task mean reward against step, from metrics.jsonl, to out_dir/rewards.png. Every task has
-    markers (a task sampled at one step only is one dot, which a line alone would not show) and the
-    step axis has integer ticks. Returns the (closed) matplotlib figure."""
-    plt = require_matplotlib()
-    from matplotlib.ticker import MaxNLocator
-    lines = [json.loads(l) for l in open(out_dir / "metrics.jsonl") if l.strip()]
-    curves = reward_curves(lines)
-    if not curves:
-        sys.exit(f"{out_dir / 'metrics.jsonl'}: no training step recorded yet, nothing to plot")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for task, pts in curves.items():
-        ax.plot(*zip(*pts), label=task, marker="o", ms=3 if task != "all" else 5,
-                lw=2.5 if task == "all" else 1)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    ax.set_xlabel("step"), ax.set_ylabel("mean reward"), ax.legend(fontsize=7)
-    fig.savefig(out_dir / "rewards.png", dpi=120)
-    plt.close(fig)
-    print(f"wrote {out_dir / 'rewards.png'}")
-    return fig
-
 
 # -----------------------------------------------------------------------------
 # What the user reads: the config, one line per step, the evaluation table, the end-of-run summary
 # (train.py prints them on rank 0)
-
-# Short labels of the nine tasks in the step line (the README lists them); metrics.jsonl keeps full names.
-TASK_LABELS = {"precise_retrieval": "ret", "comprehension": "mcq", "exhaustive_retrieval": "exh",
-               "numerical_reasoning": "num", "structured_extraction": "tab", "structured_matching": "match",
-               "graded_ranking": "rank", "sequence_ordering": "order", "summarization": "summ"}
-
-
-def task_order(names) -> list:
-    """Task names in the README's order (data.TASK_NAMES), any other name after them."""
-    known = [t for t in data.TASK_NAMES if t in names]
-    return known + sorted(set(names) - set(known))
-
-
-def config_text(cfg, defaults, saved_to) -> str:
-    """The fields that differ from the defaults as aligned `key = value` lines, and where all are.
-    cfg, defaults: the run's config.Config and Config() (passed in: this file does not import train)."""
-    diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(defaults, k)}
-    where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
-    if not diff:
-        return f"config: the defaults ({where})"
-    w = max(map(len, diff))
-    return f"config, fields not at their default ({where}):\n" + "\n".join(
-        f"  {k:<{w}} = {v!r}" for k, v in diff.items())
-
-
-def step_line(m: dict, names: list) -> str:
-    """One line per training step: reward overall and per task ("-": not in this step's batch)."""
-    per = " ".join(f"{TASK_LABELS.get(t, t)} " + (f"{m[f'reward/{t}/mean']:.2f}" if f"reward/{t}/mean" in m else "-")
-                   for t in names)
-    return (f"step {m['step']}: reward {m['reward/all/mean']:.3f} | {per} | kept {m['kept_prompts']}"
-            f" | clipfrac {m.get('pg_clipfrac', 0):.3f} | rollout {m.get('rollout_s', 0):.1f}s"
-            f" update {m['update_s']:.1f}s")
-
-
-def log_step(bar, m: dict, names: list):
-    """One line per step on rank 0 (step_line above), and the progress bar's postfix."""
-    bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
-    bar.write(step_line(m, names))
-
-
-def mean_se(v: float, se) -> str:
-    """"0.412 ± 0.051": a mean and its standard error ("± n/a" when one prompt leaves no spread)."""
-    return f"{v:.3f} ± " + (f"{se:.3f}" if se is not None and math.isfinite(se) else "n/a")
-
-
-SHOWN_CHARS = 2000  # a response longer than this is cut in samples.jsonl and evals.jsonl, its length kept
-
-
-def shorten(text: str, limit: int = SHOWN_CHARS) -> dict:
-    """{"response": text} or, past `limit` characters, its start with a note and the original length."""
-    if len(text) <= limit:
-        return {"response": text}
-    return {"response": text[:limit] + f" [... cut: {len(text)} characters in all]",
-            "response_chars": len(text)}
-
-
-def shorten_responses(shown: dict) -> dict:
-    """evaluate's {task: {"id", "response", "score"}} with each response shortened (shorten)."""
-    return {t: {**x, **shorten(x["response"])} for t, x in shown.items()}
-
-
-def eval_table(m: dict, samples: int = 1, shown: dict | None = None) -> str:
-    """Evaluation result per task as a small table (prompts scored, mean score ± its standard error),
-    then one response per task (`shown`: evaluate's first sample of the task's first prompt), cut to
-    one line."""
-    names = task_order([k.split("/")[1] for k in m if k.startswith("eval_n/")])
-    rows = [(t, m[f"eval_n/{t}"], mean_se(m[f"eval/{t}"], m.get(f"eval_se/{t}"))) for t in names]
-    rows.append(("mean over tasks", sum(r[1] for r in rows), mean_se(m["eval/mean"], m.get("eval_se/mean"))))
-    w = max(len(r[0]) for r in rows)
-    per = f"{samples} sample{'s' * (samples > 1)} per prompt"
-    lines = [f"  {'task':<{w}}  prompts  score ± standard error ({per})"]
-    lines += [f"  {t:<{w}}  {n:>7}  {v}" for t, n, v in rows]
-    if shown:
-        lines.append("  one response per task (first sample of its first prompt):")
-        for t in task_order(shown):
-            one = " ".join(shown[t]["response"].split())  # one line
-            one = one if len(one) <= 100 else one[:100] + " ..."
-            lines.append(f"    {t:<{w}} {shown[t]['score']:.2f} {shown[t]['id']}: {one!r}")
-    return "\n".join(lines)
-
-
-def run_summary(lines: list, seconds: float, out_dir: Path, plotted: bool) -> str:
-    """End of a run: steps, wall time, each task's mean reward over its first vs its last few steps
-    (the steps whose batch held the task: k = up to 5, at most half of them; a batch of a few prompts
-    leaves most tasks out of most steps; a task seen at one step only is not compared with itself), the
-    first and last evaluation with its standard error (--eval-every), and where the metrics, the
-    responses, the checkpoint and the plot are."""
-    if not lines:
-        return "no training step ran"
-    span = lambda pts: f"{pts[0][0]}-{pts[-1][0]}" if len(pts) > 1 else f"{pts[0][0]}"
-    avg = lambda pts: f"{sum(v for _, v in pts) / len(pts):.3f} (step{'s' * (len(pts) > 1)} {span(pts)})"
-    curves = reward_curves(lines)                  # {task: [(step, mean reward), ...]}
-    rows = []
-    for t in task_order(set(curves) - {"all"}) + ["all"]:
-        pts, k = curves.get(t, []), max(1, min(5, len(curves.get(t, [])) // 2))
-        if not pts or len(lines) == 1:  # a one-step run: its header says there is no comparison
-            rows.append((t, avg(pts) if pts else "-"))
-        else:
-            rows.append((t, f"{avg(pts)}, one step: no comparison" if len(pts) == 1
-                         else f"{avg(pts[:k])} -> {avg(pts[-k:])}"))
-    w = max(len(t) for t, _ in rows)
-    # --eval-every: the first and the last evaluation, each with its noise
-    evals = [f"{mean_se(l['eval/mean'], l.get('eval_se/mean'))} (step {l['step']})"
-             for l in lines if l.get("eval/mean") is not None]
-    ev = evals[:1] + evals[1:][-1:]
-    ckpt = latest_checkpoint(out_dir)
-    size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 1e9 if ckpt else 0
-    return "\n".join(
-        [f"done: steps {span([(l['step'],) for l in lines])} in {round(seconds) // 60} min {round(seconds) % 60} s",
-         "  mean reward per task (one step: no comparison):" if len(lines) == 1 else
-         "  mean reward per task, its first -> its last (up to 5) steps:"] +
-        [f"    {t:<{w}} {TASK_LABELS.get(t, ''):>5}  {r}" for t, r in rows] +
-        ([f"  evaluation, mean over tasks ± standard error: " + (" -> ".join(ev) if len(ev) > 1 else
-                                                                 f"{ev[0]}, one evaluation: no comparison")]
-         if ev else []) +
-        [f"  metrics:    {out_dir / 'metrics.jsonl'}",
-         *([f"  responses:  {out_dir / 'samples.jsonl'}"] if (out_dir / "samples.jsonl").exists() else []),
-         f"  checkpoint: {ckpt} ({size:.2f} GB)" if ckpt else "  checkpoint: none",
-         f"  plot:       {out_dir / 'rewards.png'}" if plotted else
-         f"  plot:       python train.py --plot --out-dir {out_dir}   (needs matplotlib)"])
 
 
 # -----------------------------------------------------------------------------

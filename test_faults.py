@@ -18,6 +18,7 @@ import torch
 import checkpoint
 import config
 import data
+import report
 import rewards
 import tasks
 import train
@@ -329,16 +330,16 @@ def test_resume_metrics_without_a_file_does_nothing(tmp_path):
 # Item 9: strict JSON metrics; a non-finite reward is reported, scored 0 and counted
 
 def test_json_line_writes_null_for_non_finite_numbers():
-    line = checkpoint.json_line({"step": 1, "a": float("nan"), "b": float("inf"), "c": -float("inf"),
+    line = report.json_line({"step": 1, "a": float("nan"), "b": float("inf"), "c": -float("inf"),
                                  "d": 0.5, "e": "text"})
     assert strict_json(line) == {"step": 1, "a": None, "b": None, "c": None, "d": 0.5, "e": "text"}
 
 
 def test_metrics_with_nothing_kept_are_strict_json():
     light = [train.Record((1, 0, 0, 0), "qa", 0.5, 3, False, True)] * 4  # one group, all equal: nothing kept
-    m = train.step_metrics(light, [], torch.zeros(0), config.Config())
+    m = report.step_metrics(light, [], torch.zeros(0), alpha=0.8)
     assert math.isnan(m["difficulty/mean_pass_rate"])
-    assert strict_json(checkpoint.json_line(m))["difficulty/mean_pass_rate"] is None
+    assert strict_json(report.json_line(m))["difficulty/mean_pass_rate"] is None
 
 
 def test_finite_rewards_reports_and_zeroes_non_finite(capsys):

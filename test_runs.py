@@ -22,6 +22,7 @@ import bench
 import checkpoint
 import config
 import data
+import report
 import rewards
 import rollout
 import tasks
@@ -92,7 +93,7 @@ def test_plot_has_markers_for_single_points_and_integer_ticks(tmp_path):
     pytest.importorskip("matplotlib")
     lines = [{"step": s, "reward/all/mean": 0.1 * s, "reward/comprehension/mean": 0.2} for s in (1, 2, 3)]
     lines[1]["reward/summarization/mean"] = 0.4  # sampled at step 2 only: one point
-    fig = checkpoint.plot_rewards(fake_run(tmp_path, lines))
+    fig = report.plot_rewards(fake_run(tmp_path, lines))
     assert (tmp_path / "rewards.png").stat().st_size > 0
     drawn = {l.get_label(): l for l in fig.axes[0].lines}
     assert set(drawn) == {"all", "comprehension", "summarization"}
@@ -169,16 +170,16 @@ def test_task_scores_are_means_of_prompt_means_with_standard_errors():
     prompts = [{"task": "a", "scores": [1.0, 0.0]}, {"task": "a", "scores": [1.0, 1.0]},
                {"task": "a", "scores": [0.0, 0.0]}, {"task": "b", "scores": [1.0, 0.0]},
                {"task": "b", "scores": [0.0, 0.0]}]
-    m = train.task_scores(prompts)
+    m = report.task_scores(prompts)
     # a: prompt means 0.5, 1, 0 -> mean 0.5, sample sd 0.5, SE 0.5 / sqrt(3); b: 0.5, 0 -> 0.25, SE 0.25
     assert m["eval/a"] == 0.5 and m["eval_se/a"] == pytest.approx(0.5 / 3 ** 0.5)
     assert m["eval/b"] == 0.25 and m["eval_se/b"] == pytest.approx(0.25)
     assert m["eval/mean"] == 0.375 and m["eval_n/a"] == 3 and m["eval_n/b"] == 2
     assert m["eval_se/mean"] == pytest.approx((0.25 / 3 + 0.25 ** 2) ** 0.5 / 2)  # mean of two task means
-    one = train.task_scores([{"task": "a", "scores": [1.0, 0.0]}])  # one prompt: no spread to measure
+    one = report.task_scores([{"task": "a", "scores": [1.0, 0.0]}])  # one prompt: no spread to measure
     assert one["eval/a"] == 0.5 and one["eval_se/a"] != one["eval_se/a"]  # NaN
-    assert checkpoint.mean_se(0.5, one["eval_se/a"]) == "0.500 ± n/a"
-    assert checkpoint.json_line(one).count("null") == 2  # NaN is written as null
+    assert report.mean_se(0.5, one["eval_se/a"]) == "0.500 ± n/a"
+    assert report.json_line(one).count("null") == 2  # NaN is written as null
 
 
 def test_eval_only_with_several_samples_keeps_prompt_scores_and_prints_standard_errors(tiny, tmp_path,
@@ -194,7 +195,7 @@ def test_eval_only_with_several_samples_keeps_prompt_scores_and_prints_standard_
     assert all(len(p["scores"]) == 4 for p in line["prompts"])
     names = {s.task for s in evalset}
     assert set(line["responses"]) == names and all("response" in r for r in line["responses"].values())
-    assert line == {**line, **train.task_scores(line["prompts"])}  # the metrics are the prompts' own
+    assert line == {**line, **report.task_scores(line["prompts"])}  # the metrics are the prompts' own
     assert all(line[f"eval_se/{t}"] is not None for t in names) and line["eval_se/mean"] is not None
     out = capsys.readouterr().out
     assert "score ± standard error (4 samples per prompt)" in out
@@ -241,19 +242,19 @@ def test_held_out_split_is_fixed_by_id_not_by_seed(qwen_tokenizer, monkeypatch):
 # Item 4: config, step line, summary
 
 def test_config_text_lists_changed_fields_aligned():
-    text = checkpoint.config_text(config.parse_config(["--steps", "10", "--out-dir", "runs/x"]), config.Config(),
+    text = report.config_text(config.parse_config(["--steps", "10", "--out-dir", "runs/x"]), config.Config(),
                                  "runs/x/config.json")
     lines = text.splitlines()
     assert "runs/x/config.json" in lines[0]
     assert lines[1:] == ["  steps   = 10", "  out_dir = 'runs/x'"]
-    assert "defaults" in checkpoint.config_text(config.Config(), config.Config(), None)
+    assert "defaults" in report.config_text(config.Config(), config.Config(), None)
 
 
 def test_every_task_has_a_short_label_in_the_step_line_and_readme():
-    labels = checkpoint.TASK_LABELS
+    labels = report.TASK_LABELS
     assert set(labels) == set(data.TASK_NAMES) and len(set(labels.values())) == len(labels)
     m = {"step": 3, "reward/all/mean": 0.25, "reward/comprehension/mean": 0.5, "kept_prompts": 2, "update_s": 1.0}
-    line = checkpoint.step_line(m, checkpoint.task_order(data.TASK_NAMES))
+    line = report.step_line(m, report.task_order(data.TASK_NAMES))
     assert "mcq 0.50" in line and "summ -" in line  # summarization not in this step's batch
     assert all(f"{l} " in line for l in labels.values())
     readme = " ".join((ROOT / "README.md").read_text().split())  # line breaks as spaces
@@ -264,7 +265,7 @@ def test_run_summary_compares_first_and_last_steps(tmp_path):
     lines = [{"step": s, "reward/all/mean": s / 10, "reward/comprehension/mean": s / 20} for s in range(1, 11)]
     for s in (2, 4, 7):  # a task in the batch of a few steps only: its own first and last of them
         lines[s - 1]["reward/summarization/mean"] = s / 10
-    text = checkpoint.run_summary(lines, 179.6, tmp_path, plotted=False)
+    text = report.run_summary(lines, 179.6, tmp_path, plotted=False)
     assert text.startswith("done: steps 1-10 in 3 min 0 s")
     rows = {l.split()[0]: l for l in text.splitlines()[2:]}
     assert rows["all"].endswith("0.300 (steps 1-5) -> 0.800 (steps 6-10)")  # means of 0.1..0.5, 0.6..1.0
@@ -275,7 +276,7 @@ def test_run_summary_compares_first_and_last_steps(tmp_path):
 
 
 def test_run_summary_does_not_compare_a_step_with_itself(tmp_path):
-    one = checkpoint.run_summary([{"step": 1, "reward/all/mean": 0.25, "reward/comprehension/mean": 0.5}],
+    one = report.run_summary([{"step": 1, "reward/all/mean": 0.25, "reward/comprehension/mean": 0.5}],
                                  30, tmp_path, plotted=False)
     rows = {l.split()[0]: l for l in one.splitlines()[2:]}
     assert one.splitlines()[1] == "  mean reward per task (one step: no comparison):" and "->" not in one
@@ -284,13 +285,13 @@ def test_run_summary_does_not_compare_a_step_with_itself(tmp_path):
     lines[1]["reward/summarization/mean"] = 0.4  # in one step's batch only
     lines[0].update({"eval/mean": 0.25, "eval_se/mean": 0.05})
     lines[1].update({"eval/mean": 0.5, "eval_se/mean": None})  # null: one prompt per task
-    text = checkpoint.run_summary(lines, 30, tmp_path, plotted=False)
+    text = report.run_summary(lines, 30, tmp_path, plotted=False)
     rows = {l.split()[0]: l for l in text.splitlines()[2:]}
     assert rows["all"].endswith("0.100 (step 1) -> 0.200 (step 2)")
     assert rows["summarization"].endswith("0.400 (step 2), one step: no comparison")
     assert "evaluation, mean over tasks ± standard error: 0.250 ± 0.050 (step 1) -> 0.500 ± n/a (step 2)" in text
     lines[1].pop("eval/mean")
-    assert "0.250 ± 0.050 (step 1), one evaluation: no comparison" in checkpoint.run_summary(lines, 30, tmp_path, False)
+    assert "0.250 ± 0.050 (step 1), one evaluation: no comparison" in report.run_summary(lines, 30, tmp_path, False)
 
 
 def test_training_writes_a_few_responses_per_step_to_samples_jsonl(tiny, tmp_path, monkeypatch, capsys):
@@ -313,9 +314,9 @@ def test_training_writes_a_few_responses_per_step_to_samples_jsonl(tiny, tmp_pat
     train.main(args(tiny, tmp_path / "none", "--steps", "1", "--log-samples", "0"))
     assert not (tmp_path / "none" / "samples.jsonl").exists()
     # a long response is cut, its length kept
-    cut = checkpoint.shorten("x" * 50, limit=10)
+    cut = report.shorten("x" * 50, limit=10)
     assert cut == {"response": "x" * 10 + " [... cut: 50 characters in all]", "response_chars": 50}
-    assert checkpoint.shorten("short") == {"response": "short"}
+    assert report.shorten("short") == {"response": "short"}
 
 
 def test_training_run_writes_config_and_summary(tiny, tmp_path, monkeypatch, capsys):

@@ -20,6 +20,7 @@ import checkpoint
 import config
 import data
 import policy
+import report
 import rewards
 import tasks
 import train
@@ -363,8 +364,8 @@ def test_update_tokens_count_a_shared_prompt_once_and_per_row_once_per_response(
     p1, p2 = list(range(3, 103)), list(range(5, 105))  # two prompts of 100 tokens, 4 responses of 5
     rows = train.Rows([p1] * 4 + [p2] * 4, torch.ones(8, 5, dtype=torch.long), torch.ones(8, 5, dtype=torch.bool),
                       torch.zeros(8, 5), [0.0] * 8, ["t"] * 8, [1] * 4 + [2] * 4, [False] * 8, [True] * 8)
-    cfg = config.Config(micro_batch_tokens=10_000)
-    assert train.update_tokens(rows, cfg) == (2 * (100 + 4 * 5), 8 * 105)
+    parts = train.mini_batch_parts(rows, config.Config())  # one optimizer step: all 8 rows
+    assert report.update_tokens(rows, parts, 10_000, shared_prefix=True) == (2 * (100 + 4 * 5), 8 * 105)
     # a budget that splits each group in two: every sub-group runs its prompt again
-    assert train.update_tokens(rows, config.Config(micro_batch_tokens=110))[0] == 4 * (100 + 2 * 5)
-    assert train.update_tokens(rows, config.Config(shared_prefix=False)) == (8 * 105, 8 * 105)
+    assert report.update_tokens(rows, parts, 110, shared_prefix=True)[0] == 4 * (100 + 2 * 5)
+    assert report.update_tokens(rows, parts, 10_000, shared_prefix=False) == (8 * 105, 8 * 105)

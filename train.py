@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import random
-import resource
 import shlex
 import sys
 import time
@@ -52,6 +51,7 @@ import data
 import grpo
 import interrupt
 import policy
+import report
 import rewards
 import rollout
 import tasks
@@ -271,19 +271,6 @@ def pick_groups(all_rows: list, need: int, filtering: bool) -> list:
     return keep
 
 
-def responses_to_show(samples: list, texts: list, scores: list, n: int, limit: int, seen: set) -> list:
-    """Up to `limit` rows for samples.jsonl: the first response of each task not in `seen` (sample id,
-    task, reward, the response cut by checkpoint.shorten). texts, scores: [R], prompt-major, n per prompt."""
-    out = []
-    for j, s in enumerate(samples):
-        if len(out) >= limit:
-            break
-        if s.task not in seen:
-            seen.add(s.task)
-            out.append({"id": s.id, "task": s.task, "reward": scores[j * n], **checkpoint.shorten(texts[j * n])})
-    return out
-
-
 @dataclass
 class Batch:
     """What steps 1-5 hand to the update: this rank's kept rows and every rank's records."""
@@ -313,7 +300,7 @@ def collect_batch(step: int, cfg: Config, batches, sampler, tok, eos_ids, rank: 
                                        cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
             b.gen_tokens += t.pop("gen_tokens")
             b.nonfinite += t.pop("nonfinite_rewards")
-            b.shown += responses_to_show(samples, t.pop("texts"), rows.rewards, cfg.group_size,
+            b.shown += report.responses_to_show(samples, t.pop("texts"), rows.rewards, cfg.group_size,
                                          cfg.log_samples - len(b.shown), {x["task"] for x in b.shown})
             for k, v in t.items():
                 b.times[k] += v
@@ -567,28 +554,6 @@ def sync_sampler(sampler: nn.Module, model: nn.Module):
 EVAL_SEED_STRIDE = 7919  # a prime: rank r samples with seed + 7919*(r+1) (+ chunk offset), apart from training seeds
 
 
-def task_scores(prompts: list) -> dict:
-    """Per-task mean and standard error from per-prompt scores ([{"task", "scores": [K floats]}]).
-
-    A prompt's score is the mean of its K samples; a task's score the mean over its n prompts, with
-    standard error sd / sqrt(n), sd the sample standard deviation (n - 1) of the per-prompt scores: how
-    far the mean would move on another draw of prompts and samples (NaN for one prompt: no spread to
-    measure). eval/mean is the mean of the task means, so its SE is sqrt(sum of se^2) / tasks."""
-    by_task: dict = {}
-    for p in prompts:
-        by_task.setdefault(p["task"], []).append(sum(p["scores"]) / len(p["scores"]))
-    out, se = {}, {}
-    for t, xs in sorted(by_task.items()):
-        n, mean = len(xs), sum(xs) / len(xs)
-        out[f"eval/{t}"] = mean
-        se[t] = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else float("nan")
-    k = max(len(by_task), 1)
-    out["eval/mean"] = sum(out.values()) / k
-    return {**out, **{f"eval_se/{t}": v for t, v in se.items()},
-            "eval_se/mean": math.sqrt(sum(v * v for v in se.values())) / k,
-            **{f"eval_n/{t}": len(xs) for t, xs in sorted(by_task.items())}}
-
-
 def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int,
              world: int) -> tuple[dict, list, dict]:
     """Score `samples` (sharded across ranks) with cfg.eval_samples samples each. Returns
@@ -622,77 +587,22 @@ def evaluate(model, tok, samples, prompt_ids, cfg: Config, eos_ids, rank: int,
         for task, (i, ex) in f.items():
             if task not in shown or i < shown[task][0]:
                 shown[task] = (i, ex)
-    return task_scores(prompts), prompts, {t: shown[t][1] for t in sorted(shown)}
+    return report.task_scores(prompts), prompts, {t: shown[t][1] for t in sorted(shown)}
 
 
 # -----------------------------------------------------------------------------
-# Metrics of one step (rank 0 writes them to metrics.jsonl)
+# Speed of one step: the numbers every rank contributes (report.py turns them into metrics)
 
-def step_metrics(generated: list, kept: list, adv: torch.Tensor, cfg: Config) -> dict:
-    """Per-task and overall reward statistics from the gathered Records.
-
-    generated: every generated row, all ranks. kept: the rows kept for training, in the order of `adv`.
-    """
-    m: dict = {}
-    tasks = sorted({x.task for x in generated})
-    for task in tasks + ["all"]:
-        rs = [x for x in generated if task in ("all", x.task)]
-        vals = [x.reward for x in rs]
-        mean = sum(vals) / len(vals)
-        m[f"reward/{task}/mean"] = mean
-        m[f"reward/{task}/std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-        groups: dict = {}
-        for x in rs:
-            groups.setdefault(x.group, []).append(x.reward)
-        m[f"zero_var_frac/{task}"] = sum(max(v) == min(v) for v in groups.values()) / len(groups)
-        m[f"response_len/{task}"] = sum(x.length for x in rs) / len(rs)
-        m[f"truncated_frac/{task}"] = sum(x.truncated for x in rs) / len(rs)
-        m[f"format_ok_frac/{task}"] = sum(x.format_ok for x in rs) / len(rs)
-        idx = [i for i, x in enumerate(kept) if task in ("all", x.task)]
-        if idx:
-            m[f"pos_adv_frac/{task}"] = float((adv[torch.tensor(idx)] > 0).float().mean())
-            k = [kept[i] for i in idx]
-            r = torch.tensor([x.reward for x in k], dtype=torch.float64)
-            p = tmn.group_stats(r, [x.group for x in k], [x.task for x in k], cfg.alpha)["pass_rate"]
-            m[f"pass_rate/{task}"] = float(p.mean())  # mean over prompts of p_x
-    m["difficulty/mean_pass_rate"] = m.pop("pass_rate/all", float("nan"))
-    m["kept_prompts"] = len({x.group for x in kept})
-    return m
-
-
-def update_tokens(rows: Rows, cfg: Config) -> tuple[int, int]:
-    """(tokens the update's forward actually runs, their per-row equivalent) for this rank's kept rows.
-    Per row a prompt counts once per response (what a per-row trainer such as TRL's runs); the
-    shared-prefix forward runs it once per packed group or sub-group of a micro-batch."""
-    idx = list(range(len(rows.prompts)))
-    per_row = sum(len(rows.prompts[i]) + int(rows.mask[i].sum()) for i in idx)
-    if not cfg.shared_prefix:
-        return per_row, per_row
-    run = 0
-    for part in mini_batch_parts(rows, cfg):  # the update's own split, micro-batch by micro-batch
-        for mb in policy.shared_micro_batches(rows, part, cfg.micro_batch_tokens):
-            run += sum(len(rows.prompts[g[0]]) + sum(int(rows.mask[i].sum()) for i in g)
-                       for g in policy.group_rows(rows, mb))
-    return run, per_row
-
-
-def speed_metrics(batch: Batch, rows: Rows, update_s: float, cfg: Config, device) -> dict:
-    """Seconds per phase (slowest rank), tokens per second and peak memory of one step.
-
-    update_tokens_per_s counts the tokens the update really runs (a shared prompt once per packed
-    group); update_row_tokens_per_s the same work counted per row (the prompt once per response),
-    comparable with per-row trainers. Two collectives with fixed-length lists, the same on every
-    rank whatever its data."""
-    run, per_row = update_tokens(rows, cfg)
-    nonfinite, gen_tokens, run, per_row = all_reduce_list([batch.nonfinite, batch.gen_tokens, run, per_row], device)
-    rollout_s, reward_s, update_s = all_reduce_list(
-        [batch.times["rollout_s"], batch.times["reward_s"], update_s], device, dist.ReduceOp.MAX)
-    return {"nonfinite_rewards": nonfinite, "rollout_s": rollout_s, "reward_s": reward_s, "update_s": update_s,
-            "gen_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
-            "update_tokens_per_s": run / max(update_s, 1e-9),
-            "update_row_tokens_per_s": per_row / max(update_s, 1e-9),
-            "peak_mem_gib": (torch.cuda.max_memory_allocated() if device.type == "cuda" else
-                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30}
+def speed_metrics(batch: Batch, update_s: float, cfg: Config, device) -> dict:
+    """report.speed_metrics over the global step: tokens summed over ranks, seconds of the slowest.
+    Two collectives with fixed-length lists, the same on every rank whatever its data."""
+    run, per_row = report.update_tokens(batch.mine, mini_batch_parts(batch.mine, cfg), cfg.micro_batch_tokens,
+                                        cfg.shared_prefix)
+    totals = all_reduce_list([batch.nonfinite, batch.gen_tokens, run, per_row], device)
+    slowest = all_reduce_list([batch.times["rollout_s"], batch.times["reward_s"], update_s], device,
+                              dist.ReduceOp.MAX)
+    return report.speed_metrics(dict(zip(["nonfinite_rewards", "gen_tokens", "run_tokens", "row_tokens"], totals)),
+                                dict(zip(["rollout_s", "reward_s", "update_s"], slowest)), device)
 
 
 # -----------------------------------------------------------------------------
@@ -891,15 +801,15 @@ def evaluate_and_log(step: int, sampler, tok, eval_set, eval_ids, cfg: Config, e
     weights: what was evaluated (--eval-only names the checkpoint or model in the line)."""
     m, prompts, shown = evaluate(sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world)
     log(f"eval at step {step} ({len(prompts)} prompts x {cfg.eval_samples} samples): " +
-        ", ".join(f"{k[5:]} {checkpoint.mean_se(v, m[f'eval_se/{k[5:]}'])}" for k, v in m.items()
+        ", ".join(f"{k[5:]} {report.mean_se(v, m[f'eval_se/{k[5:]}'])}" for k, v in m.items()
                    if k.startswith("eval/")))
     if rank == 0:
         out_dir = Path(cfg.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "evals.jsonl", "a") as f:
-            f.write(checkpoint.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m,
+            f.write(report.json_line({"step": step, **({"checkpoint": weights} if weights else {}), **m,
                                           "eval_samples": cfg.eval_samples, "prompts": prompts,
-                                          "responses": checkpoint.shorten_responses(shown)}))
+                                          "responses": report.shorten_responses(shown)}))
     return m, shown
 
 
@@ -911,7 +821,7 @@ def eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg: Config, eos_id
     weights = str(ckpt or cfg.model or policy.embedded_model_dir())
     m, shown = evaluate_and_log(checkpoint.checkpoint_step(ckpt), sampler, tok, eval_set, eval_ids, cfg, eos_ids,
                                 rank, world, log, weights)
-    log(checkpoint.eval_table(m, cfg.eval_samples, shown))
+    log(report.eval_table(m, cfg.eval_samples, shown))
     return model
 
 
@@ -923,16 +833,6 @@ def prompt_batches(train_set: list, cfg: Config, rank: int, world: int) -> data.
     except ValueError as e:  # too few usable prompts for one generation batch
         print(f"error: {len(train_set)} usable training prompts: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-
-
-def log_memory(model, cfg: Config, world: int, device, log):
-    """The start-up memory line: ddp's estimate against the GPU (CUDA only), or fsdp's per-GPU share."""
-    if sharded(cfg):  # fsdp's states are sharded: its share per GPU (policy.gb_per_gpu)
-        gb = policy.gb_per_gpu(sum(p.numel() for p in model.parameters()), "fsdp", world, accumulate=True)
-        log("memory per GPU under fsdp (GB, before activations and rollout KV): " +
-            ", ".join(f"{k} {v:.1f}" for k, v in gb.items()))
-    else:
-        policy.log_memory_estimate(model, cfg, world, device, log)
 
 
 def resume_state(ckpt, tr: Trainer, batches, cfg: Config, rank: int, world: int, log) -> int:
@@ -1027,16 +927,6 @@ def stop_run(signum: int, step: int, cfg: Config, argv, world: int, log):
     sys.exit(128 + signum)
 
 
-def finish_run(cfg: Config, start: int, seconds: float, log):
-    """Rank 0, after the last step: the plot (--plot) and the end-of-run summary."""
-    out_dir = Path(cfg.out_dir)
-    if cfg.plot:
-        checkpoint.plot_rewards(out_dir)
-    path = out_dir / "metrics.jsonl"
-    lines = [json.loads(l) for l in open(path)] if path.exists() else []
-    log(checkpoint.run_summary(lines[-(cfg.steps - start):] if cfg.steps > start else [], seconds, out_dir, cfg.plot))
-
-
 # -----------------------------------------------------------------------------
 # The main loop
 
@@ -1055,12 +945,12 @@ def main(argv=None):
     if checkpoint.plot_only(cfg, out_dir):
         log(f"--plot: {out_dir} holds a run; drawing it, no training (--resume or --overwrite to train)")
         if rank == 0:
-            checkpoint.plot_rewards(out_dir)
+            report.plot_rewards(out_dir)
         return None
     if cfg.plot:
-        checkpoint.require_matplotlib()  # now, not after the training
+        report.require_matplotlib()  # now, not after the training
     saved_to = checkpoint.prepare_run_dir(cfg, out_dir, rank, log)
-    log(checkpoint.config_text(cfg, Config(), saved_to))
+    log(report.config_text(cfg, Config(), saved_to))
     torch.manual_seed(cfg.seed + rank)  # sampling seeds below are explicit; this covers the rest
     random.seed(cfg.seed + rank)
 
@@ -1072,11 +962,11 @@ def main(argv=None):
         return eval_only(ckpt, model, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log)
     batches = prompt_batches(train_set, cfg, rank, world)
     tr = make_trainer(model, cfg, world, device, log)
-    log_memory(model, cfg, world, device, log)
+    report.log_memory(model, cfg, world, device, log, sharded(cfg))
     check_disk(cfg, model, rank, device, log)
     aside = checkpoint.start_run(cfg, out_dir, rank, log)  # all checks passed: the run starts here
     start = resume_state(ckpt, tr, batches, cfg, rank, world, log)
-    metrics_path, names = out_dir / "metrics.jsonl", checkpoint.task_order({s.task for s in train_set})
+    metrics_path, names = out_dir / "metrics.jsonl", report.task_order({s.task for s in train_set})
     if rank == 0:  # keep only the steps the checkpoint had seen; damaged lines set aside, never lost
         checkpoint.resume_metrics(metrics_path, start, log)
         checkpoint.resume_metrics(out_dir / "samples.jsonl", start, log)  # the same steps' responses
@@ -1093,23 +983,23 @@ def main(argv=None):
         adv = advantages(batch.kept, cfg)                                                 # step 6
         m = {"step": step, "lr": lr, "dropped_too_long": dropped,
              "generated_prompts": len({x.group for x in batch.generated}),
-             **step_metrics(batch.generated, batch.kept, adv, cfg)}
+             **report.step_metrics(batch.generated, batch.kept, adv, cfg.alpha)}
         t_update = time.perf_counter()
         m.update(train_step(tr, batch, adv, ref, sampler, model, cfg, tok.pad_token_id))  # steps 7-9
         if not batch.kept:
             log(f"\nstep {step}: all {m['generated_prompts']} generated prompts had all-equal rewards "
                 "(no learning signal); no update this step")
-        m.update(speed_metrics(batch, batch.mine, seconds_since(t_update, device), cfg, device))
+        m.update(speed_metrics(batch, seconds_since(t_update, device), cfg, device))
         m["step_s"] = seconds_since(t_step, device)
         if cfg.eval_every and step % cfg.eval_every == 0:
             m.update(evaluate_and_log(step, sampler, tok, eval_set, eval_ids, cfg, eos_ids, rank, world, log)[0])
         if rank == 0:
             with open(metrics_path, "a") as f:
-                f.write(checkpoint.json_line(m))  # NaN / inf -> null: strict JSON
-            checkpoint.log_step(bar, m, names)
+                f.write(report.json_line(m))  # NaN / inf -> null: strict JSON
+            report.log_step(bar, m, names)
             if batch.shown:  # what the model wrote (rank 0's own prompts)
                 with open(out_dir / "samples.jsonl", "a") as f:
-                    f.writelines(checkpoint.json_line({"step": step, **x}) for x in batch.shown)
+                    f.writelines(report.json_line({"step": step, **x}) for x in batch.shown)
         # one fixed all-reduce per step on every rank: all see the same signal and the same save clock
         signum, late = all_reduce_list([stop.signum, clock.due()], device, dist.ReduceOp.MAX)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or late or signum:
@@ -1122,7 +1012,7 @@ def main(argv=None):
             stop_run(int(signum), step, cfg, argv, world, log)
     stop.restore()
     if rank == 0:
-        finish_run(cfg, start, time.perf_counter() - t_start, log)
+        report.finish_run(cfg, start, time.perf_counter() - t_start, log)
     if dist.is_initialized():
         dist.destroy_process_group()
     return model
