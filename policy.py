@@ -335,6 +335,11 @@ def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print
     return net
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (what wrap wrapped); an FSDP2 root or a plain module as it is."""
+    return getattr(model, "module", model)
+
+
 def is_fsdp(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
     return isinstance(model, FSDPModule)

@@ -109,6 +109,14 @@ def json_line(m: dict) -> str:
     return json.dumps(clean, allow_nan=False) + "\n"
 
 
+def append_jsonl(path: Path, records: list):
+    """Append records to a JSON-lines file (metrics.jsonl, samples.jsonl, evals.jsonl), one strict
+    JSON line each (json_line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.writelines(json_line(x) for x in records)
+
+
 # -----------------------------------------------------------------------------
 # Evaluation: per-task means with their standard errors (evals.jsonl, the table)
 
@@ -158,6 +166,19 @@ def eval_table(m: dict, samples: int = 1, shown: dict | None = None) -> str:
             lines.append(f"    {t:<{w}} {shown[t]['score']:.2f} {shown[t]['id']}: {one!r}")
     return "\n".join(lines)
 
+
+
+def eval_line(step, m: dict, n_prompts: int, samples: int) -> str:
+    """The console line of one evaluation: each task's mean ± standard error, then the mean."""
+    return (f"eval at step {step} ({n_prompts} prompts x {samples} samples): " +
+            ", ".join(f"{k[5:]} {mean_se(v, m[f'eval_se/{k[5:]}'])}" for k, v in m.items() if k.startswith("eval/")))
+
+
+def eval_record(step, m: dict, samples: int, prompts: list, shown: dict, weights: str = "") -> dict:
+    """One line of evals.jsonl: the metrics, every prompt's sample scores and one response per task
+    (shortened); weights names what --eval-only evaluated."""
+    return {"step": step, **({"checkpoint": weights} if weights else {}), **m, "eval_samples": samples,
+            "prompts": prompts, "responses": shorten_responses(shown)}
 
 # -----------------------------------------------------------------------------
 # The console: the config at start, one line per step (rank 0)

@@ -224,13 +224,13 @@ def test_bad_golds_skipped_and_counted(tmp_path, caplog):
 
 def test_skip_bad_golds_flag_reaches_load_jsonl(tmp_path):
     import config
-    import train  # the one place the flag is read
+    import harness  # the one place the flag is read
     path = write_jsonl(tmp_path / "d.jsonl", [record("EM", {"golden_label": "ok"}),
                                               BAD_GOLD_RECORDS["numerical_reasoning"][0]])
     base = ["--data", str(path), "--out-dir", str(tmp_path / "run")]
     with pytest.raises(DataError, match="d.jsonl:2: field 'reward_model.ground_truth.golden_label'"):
-        train.load_data(config.parse_config(base), tok=None)
-    train_set, _ = train.load_data(config.parse_config(base + ["--skip-bad-golds"]), tok=None)
+        harness.load_data(config.parse_config(base), tok=None)
+    train_set, _ = harness.load_data(config.parse_config(base + ["--skip-bad-golds"]), tok=None)
     assert [s.answer for s in train_set] == ["ok"]
 
 

@@ -18,6 +18,7 @@ import torch
 import checkpoint
 import config
 import data
+import harness
 import report
 import rewards
 import tasks
@@ -367,8 +368,8 @@ def test_skip_unknown_sources_flag(tmp_path, capsys):
                                        json.dumps({**rec, "data_source": "someone_elses_set"})])
     base = ["--data", str(tmp_path / "d.jsonl"), "--out-dir", str(tmp_path / "run")]
     with pytest.raises(data.DataError, match="d.jsonl:2: unknown data_source 'someone_elses_set'"):
-        train.load_data(config.parse_config(base), tok=None)
-    train_set, _ = train.load_data(config.parse_config(base + ["--skip-unknown-sources"]), tok=None)
+        harness.load_data(config.parse_config(base), tok=None)
+    train_set, _ = harness.load_data(config.parse_config(base + ["--skip-unknown-sources"]), tok=None)
     assert [s.source for s in train_set] == ["EM"]
 
 

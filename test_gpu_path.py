@@ -19,6 +19,7 @@ import torch
 
 import policy
 import config
+import harness
 import train
 from conftest import STAND_INS
 from test_scale import torchrun
@@ -163,11 +164,12 @@ def test_cuda_choices(tiny, monkeypatch):
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(tiny / "model")
     cfg = config.parse_config(["--model", str(tiny / "model")])
-    tr = train.make_trainer(model, cfg, 1, torch.device("cuda"))  # no tensor goes to the device here
-    assert tr.optimizer.defaults["fused"] is True
-    tr = train.make_trainer(model, cfg, 1, torch.device("cpu"))
-    assert not tr.optimizer.defaults["fused"]
-    monkeypatch.setattr(train, "setup_distributed", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt))
+    run = harness.Run(cfg, 0, 1, torch.device("cuda"), print, model=model)
+    _, optimizer, _ = harness.make_optimizer(run)  # no tensor goes to the device here
+    assert optimizer.defaults["fused"] is True
+    _, optimizer, _ = harness.make_optimizer(harness.Run(cfg, 0, 1, torch.device("cpu"), print, model=model))
+    assert not optimizer.defaults["fused"]
+    monkeypatch.setattr(harness, "setup_distributed", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         train.main(["--model", str(tiny / "model")])
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
@@ -176,8 +178,8 @@ def test_cuda_choices(tiny, monkeypatch):
 def test_cuda_timings_wait_for_the_gpu(monkeypatch):
     synced = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
-    train.seconds_since(0.0, torch.device("cuda", 0))
-    train.seconds_since(0.0, torch.device("cpu"))
+    harness.seconds_since(0.0, torch.device("cuda", 0))
+    harness.seconds_since(0.0, torch.device("cpu"))
     assert synced == [torch.device("cuda", 0)]
 
 
@@ -185,7 +187,7 @@ def test_positions_beyond_the_model_are_refused_before_loading(tiny, capsys):
     cfg = config.parse_config(["--model", str(tiny / "model"), "--max-prompt-tokens", "32000",
                               "--max-new-tokens", "1000"])  # the tiny model has 32,768 positions
     with pytest.raises(SystemExit) as e:
-        train.check_positions(str(tiny / "model"), cfg)
+        harness.check_positions(str(tiny / "model"), cfg)
     assert e.value.code == 2 and "rope_scaling" in capsys.readouterr().err
 
 
@@ -213,15 +215,15 @@ def test_ddp_keeps_gradients_in_its_buckets_across_steps(tiny, tmp_path):
     try:
         model = AutoModelForCausalLM.from_pretrained(tiny / "model")
         cfg = config.parse_config(["--model", str(tiny / "model")])
-        net = policy.Policy(model, 1.0, 64)
-        tr = train.make_trainer(model, cfg, 1, torch.device("cpu"))
-        tr.wrapped = torch.nn.parallel.DistributedDataParallel(net, gradient_as_bucket_view=True)
-        tr.net = net
+        run = harness.Run(cfg, 0, 1, torch.device("cpu"), print, model=model)
+        _, run.optimizer, run.scheduler = harness.make_optimizer(run)
+        run.policy = torch.nn.parallel.DistributedDataParallel(policy.Policy(model, 1.0, 64),
+                                                               gradient_as_bucket_view=True)
         for _ in range(2):
-            with tr.wrapped.no_sync():  # an accumulation micro-batch, then the synced one
-                policy.dummy_logprobs(tr.wrapped, torch.device("cpu")).sum().backward()
-            policy.dummy_logprobs(tr.wrapped, torch.device("cpu")).sum().backward()
-            train.optimizer_step(tr, cfg, 0.0)
+            with run.policy.no_sync():  # an accumulation micro-batch, then the synced one
+                policy.dummy_logprobs(run.policy, torch.device("cpu")).sum().backward()
+            policy.dummy_logprobs(run.policy, torch.device("cpu")).sum().backward()
+            train.optimizer_step(run, 0.0)
             grads = [p.grad for p in model.parameters() if p.requires_grad]
             assert all(g is not None and not g.any() for g in grads)
     finally:

@@ -22,6 +22,7 @@ import torch
 
 import checkpoint
 import config
+import harness
 import rewards
 import tasks
 import train
@@ -31,7 +32,7 @@ from test_train import ROOT, args, length_reward, metrics, tiny  # noqa: F401 (t
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Loading a model fails the test: proves that a check came first."""
-    monkeypatch.setattr(train, "load_policy", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(harness, "load_policy", lambda *a, **k: pytest.fail("a model was loaded"))
 
 
 def error_lines(err: str) -> list:
@@ -55,16 +56,16 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tiny, tm
     train.main(args(tiny, run, "--steps", "1"))
     before = (run / "metrics.jsonl").read_text()
     # bad data: refused before anything is touched
-    real_load = train.load_policy
-    monkeypatch.setattr(train, "load_policy", lambda *a, **k: pytest.fail("a model was loaded"))
+    real_load = harness.load_policy
+    monkeypatch.setattr(harness, "load_policy", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(SystemExit) as e:
         train.main(args(tiny, run, "--overwrite", "--data", str(bad_jsonl(tmp_path / "bad.jsonl"))))
     assert e.value.code == 2
     assert (run / "metrics.jsonl").read_text() == before
     assert checkpoint.latest_checkpoint(run).name == "step_000001"
     # a new run that fails after it started, before its first checkpoint: the old run is set aside whole
-    monkeypatch.setattr(train, "load_policy", real_load)
-    monkeypatch.setattr(train, "train_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+    monkeypatch.setattr(harness, "load_policy", real_load)
+    monkeypatch.setattr(train, "collect_batch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
     with pytest.raises(RuntimeError, match="crash"):
         train.main(args(tiny, run, "--overwrite", "--steps", "1"))
     aside = run / "previous_run"
@@ -251,13 +252,13 @@ def test_ctrl_c_saves_prints_resume_and_exits_130(tiny, tmp_path):
 
 def test_sigterm_saves_and_exits_143_then_resume_continues(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rewards, "score_batch", length_reward)
-    real_step, handler = train.train_step, signal.getsignal(signal.SIGTERM)
+    real_step, handler = train.collect_batch, signal.getsignal(signal.SIGTERM)
 
     def terminated_during_step_1(*a, **k):  # the scheduler's SIGTERM arrives mid-step
         if not (tmp_path / "metrics.jsonl").exists():
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(*a, **k)
-    monkeypatch.setattr(train, "train_step", terminated_during_step_1)
+    monkeypatch.setattr(train, "collect_batch", terminated_during_step_1)
     with pytest.raises(SystemExit) as e:
         train.main(args(tiny, tmp_path, "--steps", "3"))  # --save-every 0: only the end would save
     assert e.value.code == 143

@@ -22,6 +22,7 @@ import bench
 import checkpoint
 import config
 import data
+import harness
 import report
 import rewards
 import rollout
@@ -35,7 +36,7 @@ def no_model_load(monkeypatch):
     """Loading a model fails the test: proves that a check came first."""
     def fail(*a, **k):
         raise AssertionError("a model was loaded")
-    monkeypatch.setattr(train, "load_policy", fail)
+    monkeypatch.setattr(harness, "load_policy", fail)
 
 
 def fake_run(out: Path, lines: list) -> Path:
@@ -68,12 +69,12 @@ def test_second_run_is_refused_before_loading_then_overwrite_replaces(tiny, tmp_
     monkeypatch.setattr(rewards, "score_batch", length_reward)
     train.main(args(tiny, tmp_path, "--steps", "2"))
     before = (tmp_path / "metrics.jsonl").read_text()
-    real_load = train.load_policy
-    monkeypatch.setattr(train, "load_policy", lambda *a, **k: pytest.fail("a model was loaded"))
+    real_load = harness.load_policy
+    monkeypatch.setattr(harness, "load_policy", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(SystemExit) as e:
         train.main(args(tiny, tmp_path, "--steps", "1"))
     assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
-    monkeypatch.setattr(train, "load_policy", real_load)
+    monkeypatch.setattr(harness, "load_policy", real_load)
     assert (tmp_path / "metrics.jsonl").read_text() == before  # untouched
     with pytest.raises(SystemExit):
         config.parse_config(["--resume", "--overwrite"])
@@ -218,8 +219,8 @@ def test_eval_only_builds_only_the_held_out_tasks(qwen_tokenizer, monkeypatch):
     monkeypatch.setattr(tasks, "build_tasks", lambda *a, **k: calls.append((a[2], a[4])) or real(*a, **k))
     monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
     flags = ["--context-tokens", "400", "--n-per-task", "1", "--eval-per-task", "1"]
-    _, held = train.load_data(config.parse_config(flags), qwen_tokenizer)
-    train_set, only = train.load_data(config.parse_config(flags + ["--eval-only"]), qwen_tokenizer)
+    _, held = harness.load_data(config.parse_config(flags), qwen_tokenizer)
+    train_set, only = harness.load_data(config.parse_config(flags + ["--eval-only"]), qwen_tokenizer)
     assert calls == [(1, "heldout"), (1, 0), (1, "heldout")] and train_set == []
     assert [(s.id, s.answer) for s in only] == [(s.id, s.answer) for s in held]
 
@@ -229,8 +230,8 @@ def test_held_out_split_is_fixed_by_id_not_by_seed(qwen_tokenizer, monkeypatch):
     ones, and no training prompt is a held-out one."""
     monkeypatch.setattr(tasks, "load_documents", lambda real_docs=tasks.load_documents(): real_docs[:40])
     flags = ["--context-tokens", "400", "--n-per-task", "2", "--eval-per-task", "2"]
-    train0, held0 = train.load_data(config.parse_config(flags + ["--seed", "0"]), qwen_tokenizer)
-    train1, held1 = train.load_data(config.parse_config(flags + ["--seed", "1"]), qwen_tokenizer)
+    train0, held0 = harness.load_data(config.parse_config(flags + ["--seed", "0"]), qwen_tokenizer)
+    train1, held1 = harness.load_data(config.parse_config(flags + ["--seed", "1"]), qwen_tokenizer)
     assert [(s.id, s.prompt, s.answer) for s in held0] == [(s.id, s.prompt, s.answer) for s in held1]
     assert {s.id for s in train0} != {s.id for s in train1}
     assert len(held0) == 2 * len(data.TASK_NAMES) and all("-heldout-" in s.id for s in held0)
