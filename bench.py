@@ -352,9 +352,8 @@ def bench_learn(args):
 def bench_profile(args):
     """Two steps of the embedded default (`python train.py --steps 2`), each phase timed by wrapping
     the function that runs it: generation, scoring, old log-probs, the whole update (train.update) with
-    its training forwards (train.logprobs) and its optimizer step split into the global-norm clip, the
-    non-finite preview (train.preview_adamw) and AdamW itself; plus the sampler sync and the
-    checkpoint save."""
+    its training forwards (train.logprobs) and its optimizer step split into the global-norm clip and
+    AdamW itself; plus the sampler sync and the checkpoint save."""
     import collections
     import tempfile
 
@@ -379,10 +378,10 @@ def bench_profile(args):
         return real
     reals = [(rollout, "generate"), (rewards, "score_batch"), (train, "old_logprobs"), (train, "update"),
              (train, "logprobs"), (train, "optimizer_step"), (policy, "clip_grad_norm"),
-             (train, "preview_adamw"), (torch.optim.AdamW, "step"), (policy, "sync_sampler"), (harness, "save_step")]
+             (torch.optim.AdamW, "step"), (policy, "sync_sampler"), (harness, "save_step")]
     keys = ["generation (rollout.generate)", "scoring (rewards.score_batch)", "old log-probs (none at 1 mini-batch)",
             "update (train.update, all of it)", "  of which the training forward", "  of which the optimizer step",
-            "    the gradient-norm clip", "    the non-finite preview", "    AdamW",
+            "    the gradient-norm clip", "    AdamW",
             "sampler sync", "checkpoint save"]
     saved = [(mod, name, timed(mod, name, key)) for (mod, name), key in zip(reals, keys)]
     t = time.perf_counter()

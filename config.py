@@ -156,6 +156,14 @@ AT_LEAST = {
 POSITIVE = {"lr": "a step size", "temperature": "logits are divided by it", "grad_clip": "a norm bound",
             "dist_timeout_min": "a timeout", "collective_timeout_min": "a timeout"}
 
+# The largest learning rate, and why it makes a non-finite weight impossible with finite gradients.
+# AdamW moves a weight w by lr * m_hat / (sqrt(v_hat) + eps) + lr * weight_decay * w per step, and
+# |m_hat| < 7.3 sqrt(v_hat) for torch's default betas (0.9, 0.999) whatever the gradients (Cauchy-
+# Schwarz on the two moving averages; test_scale.py reaches 7.27). So below lr 1, with
+# lr * weight_decay < 1 (the decay shrinks weights, never flips or grows them), a step moves a weight
+# by less than 7.3: the trainer checks only the loss and the gradient norm (train.optimizer_step).
+MAX_LR = 1.0  # the paper trains at 2e-6
+
 
 def looks_like_path(s: str) -> bool:
     """A hub id is "name" or "org/name"; anything else that names a place on disk is a path."""
@@ -215,6 +223,12 @@ def validate_config(cfg: Config) -> list:
             problems.append(f"{flag(f.name)} {v}: must be >= {least} ({why})")
         elif f.name in POSITIVE and v <= 0:
             problems.append(f"{flag(f.name)} {v}: must be > 0 ({POSITIVE[f.name]})")
+    if math.isfinite(cfg.lr) and cfg.lr > MAX_LR:
+        problems.append(f"--lr {cfg.lr}: must be <= {MAX_LR} (AdamW moves a weight by up to 7.3 x lr per step: "
+                        "larger steps outgrow the weights themselves and can overflow them to inf; paper: 2e-6)")
+    elif math.isfinite(cfg.lr * cfg.weight_decay) and cfg.lr * cfg.weight_decay >= 1:
+        problems.append(f"--lr {cfg.lr} x --weight-decay {cfg.weight_decay} >= 1: the decay multiplies every "
+                        "weight by 1 - lr x weight_decay per step, which must stay in (0, 1]")
     if not 0 < cfg.top_p <= 1 and math.isfinite(cfg.top_p):
         problems.append(f"--top-p {cfg.top_p}: must be in (0, 1] (a probability mass)")
     if not 0 <= cfg.alpha <= 1 and math.isfinite(cfg.alpha):

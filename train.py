@@ -310,72 +310,24 @@ def kl_penalty(run: Run, rows: Rows, mb: list, lp: torch.Tensor, n_tok: float) -
     return run.cfg.kl_coef * (grpo.kl_k3(lp, ref_lp) * mask).sum() / max(n_tok, 1)
 
 
-ABSURD_UPDATE_RATIO = 1.0  # ||update|| / ||weights||: Adam at lr 1e-5 moves weights ~1e-3 of their norm
+def optimizer_step(run: Run, bad: float) -> tuple[float, bool]:
+    """Step 9: clip the global gradient norm, then AdamW, on every rank or on none.
 
-
-@torch.no_grad()
-def preview_adamw(optimizer: torch.optim.Optimizer, chunk: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
-    """What optimizer.step() (AdamW, no amsgrad) would do to the weights, without doing it.
-
-    Returns (1 if any new weight would be non-finite else 0, ||new - old|| / ||old|| over all weights),
-    both 0-dim tensors (no host sync). Per parameter, as torch.optim.AdamW computes it:
-        m' = b1 m + (1 - b1) g      v' = b2 v + (1 - b2) g^2      t' = t + 1
-        p' = p (1 - lr wd) - lr / (1 - b1^t') * m' / (sqrt(v') / sqrt(1 - b2^t') + eps)
-    A chunk of `chunk` elements at a time, so the extra memory is a few chunks, not a weight copy.
-    Under fsdp each rank previews its own shards: the ratio is then its shards' (optimizer_step takes
-    the largest over ranks), the non-finite check is exact.
-    """
-    device = optimizer.param_groups[0]["params"][0].device
-    bad, upd2, w2 = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
-    for group in optimizer.param_groups:
-        lr, wd, eps, (b1, b2) = group["lr"], group["weight_decay"], group["eps"], group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            st = optimizer.state.get(p, {})
-            t = float(st["step"]) + 1 if "step" in st else 1.0
-            flat = lambda x: policy.local_shard(x).detach().reshape(-1).split(chunk)  # fsdp: own shard
-            ms = flat(st["exp_avg"]) if "exp_avg" in st else [None] * len(flat(p))
-            vs = flat(st["exp_avg_sq"]) if "exp_avg_sq" in st else [None] * len(flat(p))
-            for w, g, m, v in zip(flat(p), flat(p.grad), ms, vs):
-                g = g.float()  # new temporaries below, updated in place: the state is never touched
-                m = g.mul(1 - b1) if m is None else m.mul(b1).add_(g, alpha=1 - b1)
-                v = g.square().mul_(1 - b2) if v is None else v.mul(b2).addcmul_(g, g, value=1 - b2)
-                # step = old - new = lr wd p + lr / (1 - b1^t') * m' / (sqrt(v') / sqrt(1 - b2^t') + eps)
-                step = m.div_(v.sqrt_().div_(math.sqrt(1 - b2 ** t)).add_(eps)).mul_(lr / (1 - b1 ** t))
-                step.add_(w, alpha=lr * wd)
-                bad = torch.maximum(bad, (~torch.isfinite(w - step)).any().double())
-                # float32 norms (pairwise sums), squared in float64: a ratio, not a checksum
-                upd2 += torch.linalg.vector_norm(step).double() ** 2
-                w2 += torch.linalg.vector_norm(w.float()).double() ** 2
-    return bad, (upd2 / w2.clamp_min(1e-30)).sqrt()
-
-
-def optimizer_step(run: Run, bad: float) -> tuple[float, bool, float]:
-    """Step 9: clip the global gradient norm, then AdamW. Every rank skips the step (weights and
-    optimizer state untouched) when a loss or the gradient is non-finite on any rank, or when the
-    step would make any weight non-finite (--lr 1e39); an update larger than the weights
-    themselves (--lr 1e6) is applied with a loud warning. Returns (gradient norm, skipped, ratio)."""
+    The guard: a NaN / inf loss (`bad`: this rank's count) or gradient norm on any rank skips the
+    step on all of them, weights and AdamW state untouched. Finite gradients cannot make a weight
+    non-finite: AdamW moves it by less than 7.3 x lr per step, and config.py refuses --lr above 1
+    (config.MAX_LR). Returns (gradient norm, skipped)."""
     norm = policy.clip_grad_norm(run.model.parameters(), run.cfg.grad_clip)  # global norm, also when sharded
-    blowup, ratio = preview_adamw(run.optimizer)
-    bad, blowup, ratio = all_reduce_list([bad + float(not torch.isfinite(norm)), float(blowup), float(ratio)],
-                                         run.device, dist.ReduceOp.MAX)  # one fixed call: ranks agree
-    if bad:
+    bad = all_reduce_list([bad + float(not torch.isfinite(norm))], run.device, dist.ReduceOp.MAX)[0]
+    if bad:  # every rank sees the same `bad` (the all-reduce): all skip together
         print(f"warning: non-finite loss or gradient (norm {float(norm)}): step skipped", flush=True)
-    elif blowup:
-        print(f"warning: this update would make weights non-finite (update/weight norm ratio {ratio:.3g}, "
-              f"lr {run.optimizer.param_groups[0]['lr']:.3g}): step skipped, weights untouched", flush=True)
     else:
-        if ratio > ABSURD_UPDATE_RATIO:
-            print(f"WARNING: update/weight norm ratio {ratio:.3g} > ABSURD_UPDATE_RATIO = 1.0  # ||update|| / ||weights||: Adam at lr 1e-5 moves weights ~1e-3 of their norm: this step moves "
-                  f"the weights by more than their own size (lr {run.optimizer.param_groups[0]['lr']:.3g}); "
-                  "the run is very likely diverging, check --lr", flush=True)
         run.optimizer.step()
     run.state_bytes = policy.local_state_bytes(run.model, run.optimizer)  # before the grads are freed
     # DDP: keep the gradients (zeroed) in its all-reduce buckets; freed, the next no_sync micro-batch
     # would allocate them outside the buckets, a second copy of the gradients during accumulation
     run.optimizer.zero_grad(set_to_none=not isinstance(run.policy, nn.parallel.DistributedDataParallel))
-    return float(norm), bool(bad or blowup), ratio
+    return float(norm), bool(bad)
 
 
 def mini_batch_parts(rows: Rows, cfg: Config) -> list:
@@ -415,12 +367,12 @@ def update(run: Run, rows: Rows, adv: torch.Tensor) -> dict:
             for k, v in {**m, **m_is}.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_mb += 1
-        norm, was_skipped, ratio = optimizer_step(run, bad)                     # clip, AdamW
+        norm, was_skipped = optimizer_step(run, bad)                            # clip, AdamW
         skipped += was_skipped
     if skipped < cfg.mini_batches:
         run.scheduler.step()  # the schedule counts batches that updated the weights
     return {**{k: v / max(n_mb, 1) for k, v in sums.items()},
-            "grad_norm": norm, "update_ratio": ratio,   # of the last mini-batch
+            "grad_norm": norm,   # of the last mini-batch
             "skipped_steps": float(skipped), "state_gib": run.state_bytes / 2**30}
 
 
