@@ -55,7 +55,7 @@ def bench_rewards(args):
           f"or the same text as the answer itself")
     print(f"{'task':24s} {'metric':18s} {'score(think+ans)':>17s} {'metric(16K answer)':>19s}")
     for task, (answer_part, g) in gold.items():
-        metric = rewards.TASKS[task]
+        metric = rewards.REWARDS[task][0]
         t_score = timeit(lambda: rewards.score(task, thinking + answer_part, g, require_think=True), 20)
         t_long = timeit(lambda: metric(long_text + "\n" + answer_part, g), 20)
         print(f"{task:24s} {metric.__name__:18s} {t_score * 1e3:17.3f} {t_long * 1e3:19.3f}")

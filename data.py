@@ -8,7 +8,7 @@ difficulty filter live in tasks.py (`python tasks.py build ...`).
     batches = PromptBatches(samples, prompts_per_step=128, rank=rank, world_size=world, seed=0)
     my_prompts = batches.next_batch()                               # this rank's disjoint share
 
-Every record of the released set maps to one of the nine task types of rewards.TASKS and a gold
+Every record of the released set maps to one of the nine task types of rewards.REWARDS and a gold
 answer in the type its metric reads (the released format); a malformed record is a DataError naming the
 file, the line and the field, and so is a gold its metric could not score (checked by rewards.parse_gold,
 the code that scores it). The paper drops prompts longer than the context budget;
@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import rewards
 
 log = logging.getLogger("data")
-TASK_NAMES = tuple(rewards.TASKS)  # the nine task types, in the paper's order
+TASK_NAMES = tuple(rewards.REWARDS)  # the task types, in the order of rewards.py's table (the paper's)
 BUILD_SOURCE = "golongrl_build"     # data_source of the tasks tasks.py builds
 
 
@@ -38,7 +38,7 @@ BUILD_SOURCE = "golongrl_build"     # data_source of the tasks tasks.py builds
 @dataclass
 class Sample:
     id: str                # unique within a file: extra_info.index, else "file:line"
-    task: str              # one of rewards.TASKS
+    task: str              # one of rewards.REWARDS
     prompt: list           # chat messages [{"role": ..., "content": ...}]
     answer: object         # the gold, in the type rewards.score expects for this task
     source: str            # the record's data_source

@@ -1,6 +1,6 @@
 """The nine capability rewards of GoLongRL (arXiv 2605.19577): one natural metric per task type.
 
-    from rewards import score, score_batch, TASKS
+    from rewards import score, score_batch, REWARDS
     r = score("graded_ranking", response, ["doc3", "doc1", "doc7"], require_think=True)   # float in [0, 1]
     rs = score_batch(tasks, responses, answers, processes=8)                                # list[float]
 
@@ -54,6 +54,11 @@ Where this departs from the released scorers (and why):
     scores summaries with an embedding model, which a stdlib-only reward cannot run.
   * ROUGE-L tokens are Unicode alphanumeric runs with each CJK character one token. On ASCII text this is
     exactly rouge-score's tokenizer (no stemming); rouge-score drops non-ASCII letters such as "é".
+
+The file reads in the order of the table above: the helpers every metric shares, the nine metrics,
+then REWARDS (task -> (metric, gold reader), the one table a new reward is added to) with score and
+score_batch, and last an appendix: the parser that reads a final math answer (numbers, LaTeX,
+arithmetic) for math_equal.
 
 Imports only the Python standard library: copy the file, or one function, into any trainer. Needs
 Python 3.10 or newer (int.bit_count in lcs_length).
@@ -164,7 +169,7 @@ def _gold_items(answer, metric: str, *, distinct: bool) -> list[str]:
 
 
 # -----------------------------------------------------------------------------
-# Single answers: exact match and multiple choice
+# 1-2. precise retrieval, comprehension: exact match, multiple choice
 
 def _gold_text(answer) -> str:
     if not isinstance(answer, str) or not answer.strip():
@@ -238,7 +243,7 @@ def choice_accuracy(response: str, answer) -> float:
 
 
 # -----------------------------------------------------------------------------
-# List answers: set F1, SubEM, NDCG, pairwise order accuracy
+# 3. exhaustive retrieval: set F1 over answer lines
 
 def _line_f1(gold: set, pred: set) -> float:
     # F1 of two sets of lines: recall alone would pay for listing every candidate line.
@@ -254,6 +259,118 @@ def set_f1(response: str, answer: list[str]) -> float:
     gold = set(_gold_items(answer, "set_f1", distinct=False))
     return _line_f1(gold, set(_answer_lines(_tail(response))))
 
+
+# -----------------------------------------------------------------------------
+# 4. numerical reasoning: math equivalence (reading the final answer is the appendix at the end)
+
+def _gold_math(answer):
+    """A numerical_reasoning gold parsed by the same parser as the responses; ValueError if unreadable."""
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = repr(answer)
+    if not isinstance(answer, str):
+        raise ValueError(f"math_equal: gold answer must be a number string, got {answer!r}")
+    box = _boxed(answer)
+    parsed = parse_math(answer if box is None else box)
+    if parsed is None:
+        raise ValueError(f"math_equal: cannot read gold answer {answer!r:.80} as a number or tuple "
+                         "(LaTeX or plain arithmetic: 12, 3/4, \\frac{\\sqrt{3}}{2}, 2\\pi, 25%, (1, 2), [0, 1))")
+    return parsed
+
+
+def math_equal(response: str, answer: str) -> float:
+    """1.0 if the final answer equals the gold (relative tolerance 1e-4; exact for an integer gold).
+
+    Both sides go through parse_math. Several numbers against a scalar gold ("\\boxed{2, 3}" vs 2): 0.
+
+    The percent rule: a "%" in the response is a unit and "8\\%" reads as 8, the number written. Math
+    golds for "what percent ..." questions are written "8", and a model that adds the sign is right.
+    It is not also right against a gold 0.08: reading the sign both ways (as before, and as some
+    released graders do) let one answer match two golds a factor 100 apart, so appending "%" was a
+    free second guess. A gold written with "%" names a percentage, and then its fraction states the
+    same quantity: gold "8%" accepts 8%, 8 and 0.08 (one of them per answer; 0.08% is not 8%)."""
+    g, g_pct = _gold_math(answer)
+    found = _final_answer(_tail(response))
+    if found is None:
+        return 0.0
+    p, p_pct = found
+    p, written = _as_written(p, p_pct), _as_written(g, g_pct)
+    golds = [written, g] if g_pct and not p_pct else [written]
+    return float(any(_values_equal(p, y) for y in golds))
+
+
+# -----------------------------------------------------------------------------
+# 5. structured extraction: multiset IoU of rows
+
+def _cell(c) -> str:
+    # Cells compare as strings: "12" and 12 are the same cell; nested values by their JSON text.
+    return c.strip() if isinstance(c, str) else json.dumps(c, ensure_ascii=False, sort_keys=True)
+
+
+def _loads(s: str):
+    try:
+        return json.loads(s)
+    except (ValueError, RecursionError):  # invalid JSON, or nesting deeper than the parser allows
+        return None
+
+
+def _rows_of(obj) -> Optional[list]:
+    if isinstance(obj, dict):
+        obj = obj.get("data")
+    return obj if isinstance(obj, list) else None
+
+
+def _response_rows(text: str) -> Optional[Counter]:
+    """Multiset of rows from {"data": rows} (or bare rows), inside the last <answer>...</answer> if present,
+    code fences allowed; None if no table can be read. A row that is not a list is kept as a row that
+    matches nothing (it still counts in the union)."""
+    k = text.rfind("<answer>")
+    if k >= 0:
+        end = text.find("</answer>", k)
+        text = text[k + len("<answer>"):end if end >= 0 else len(text)]
+    text = text.strip()
+    rows = _rows_of(_loads(text))
+    if rows is None:  # prose or ```json fences around the object: try from the first "{" to the last "}"
+        a, b = text.find("{"), text.rfind("}")
+        rows = _rows_of(_loads(text[a:b + 1])) if 0 <= a < b else None
+    if rows is None:
+        return None
+    out = Counter()
+    for i, row in enumerate(rows):
+        try:
+            key = tuple(_cell(c) for c in row) if isinstance(row, list) else ("\0not a row", i)
+        except (ValueError, RecursionError):  # a cell nested too deep to serialize
+            key = ("\0not a row", i)
+        out[key] += 1
+    return out
+
+
+def _gold_rows(answer) -> Counter:
+    obj = answer
+    if isinstance(obj, str):
+        obj = _loads(obj)
+        if obj is None:
+            raise ValueError(f"row_iou: gold answer is not valid JSON: {answer[:80]!r}")
+    rows = _rows_of(obj)
+    if rows is None or not all(isinstance(r, list) for r in rows):
+        raise ValueError(f"row_iou: gold must be rows (a list of lists) or {{\"data\": rows}}, got {answer!r:.80}")
+    return Counter(tuple(_cell(c) for c in r) for r in rows)
+
+
+def row_iou(response: str, answer) -> float:
+    """|pred & gold| / |pred | gold| over multisets of rows; no readable table scores 0.
+    An empty gold table scores 1.0 only against an empty predicted table."""
+    gold = _gold_rows(answer)
+    pred = _response_rows(_tail(response))
+    if pred is None:
+        return 0.0
+    union = sum((pred | gold).values())
+    if union == 0:  # both tables empty
+        return 1.0
+    return sum((pred & gold).values()) / union
+
+
+# -----------------------------------------------------------------------------
+# 6-8. structured matching, graded ranking, sequence ordering: SubEM as F1, NDCG, pairwise order
 
 def sub_em(response: str, answer: list[str]) -> float:
     """SubEM with precision (structured matching): F1 between the distinct predicted lines and the gold
@@ -299,7 +416,156 @@ def pairwise_accuracy(response: str, answer: list[str]) -> float:
 
 
 # -----------------------------------------------------------------------------
-# Numbers: hand-parsed into exact Fractions (numerical reasoning)
+# 9. summarization: ROUGE-L, token LCS bit-parallel over Python ints
+
+# CJK ideographs and kana: one token per character. Everything else: runs of Unicode letters/digits.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
+_TOKEN = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")  # two single-class alternatives: linear
+
+
+def tokens(text: str) -> list[str]:
+    """ROUGE tokens: lowercase alphanumeric runs, each CJK character one token."""
+    return _TOKEN.findall(text.lower())
+
+
+def lcs_length_dp(a: Sequence, b: Sequence) -> int:
+    """Length of the longest common subsequence, the plain O(len(a)*len(b)) DP (the reference)."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def lcs_length(a: Sequence, b: Sequence) -> int:
+    """Length of the LCS, bit-parallel (Crochemore et al. 2001; Hyyro 2004): the same number as
+    lcs_length_dp in O(len(a) * len(b) / 64) machine-word operations, run by CPython's big-int code.
+
+    Bit i of V stands for position i of the shorter sequence. For each element y of the longer one,
+    with M = the positions where the shorter holds y and U = V & M:  V <- (V + U) | (V - U).
+    The LCS length is the number of zero bits among the low len(shorter) bits of V.
+    Bits over the shorter sequence (the reference, ~1K tokens) keep the ints small and the memory
+    bounded; elements of the response that the reference never uses are skipped for free."""
+    if len(a) > len(b):
+        a, b = b, a  # a: the shorter, one bit per position; b: the longer, one loop step per element
+    masks: dict = {}
+    for i, x in enumerate(a):
+        masks[x] = masks.get(x, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    get = masks.get
+    for y in b:
+        m = get(y)
+        if m is not None:
+            u = v & m
+            v = ((v + u) | (v - u)) & full  # & full: drop the carry out of the top bit
+    return len(a) - v.bit_count()
+
+
+def _gold_references(answer) -> list[list[str]]:
+    refs = [answer] if isinstance(answer, str) else answer
+    if not isinstance(refs, (list, tuple)) or not refs or not all(isinstance(r, str) for r in refs):
+        raise ValueError(f"rouge_l: gold must be a reference string or a non-empty list of them, got {answer!r:.80}")
+    ref_tokens = [tokens(r) for r in refs]
+    if not all(ref_tokens):
+        raise ValueError(f"rouge_l: a reference has no tokens: {answer!r:.80}")
+    return ref_tokens
+
+
+def rouge_l(response: str, answer) -> float:
+    """ROUGE-L F1 = 2PR/(P+R) with P = LCS/len(pred), R = LCS/len(ref), max over the references."""
+    ref_tokens = _gold_references(answer)
+    pred = tokens(_tail(response))
+    best = 0.0
+    for ref in ref_tokens:
+        lcs = lcs_length(pred, ref) if pred else 0
+        if lcs:
+            p, r = lcs / len(pred), lcs / len(ref)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+# -----------------------------------------------------------------------------
+# The table: task -> (its metric, its gold reader); score one response or a batch
+
+# One row per task type, in the order of the table in the module docstring: the metric, and the
+# function it reads the gold with (each metric calls the same function first, so a gold that
+# parse_gold accepts is one the metric can score, and a gold it refuses would have made the metric
+# raise: load-time checks and scoring cannot disagree). data.py, tasks.py and report.py take their
+# task names from here: a new reward is one metric function and one row (plus, to build tasks for it
+# offline, a tasks.make_<task> function).
+REWARDS: dict[str, tuple[Callable, Callable]] = {
+    "precise_retrieval": (exact_match, _gold_text),
+    "comprehension": (choice_accuracy, _gold_choice),
+    "exhaustive_retrieval": (set_f1, functools.partial(_gold_items, metric="set_f1", distinct=False)),
+    "numerical_reasoning": (math_equal, _gold_math),
+    "structured_extraction": (row_iou, _gold_rows),
+    "structured_matching": (sub_em, functools.partial(_gold_items, metric="sub_em", distinct=False)),
+    "graded_ranking": (ndcg, functools.partial(_gold_items, metric="ndcg", distinct=True)),
+    "sequence_ordering": (pairwise_accuracy, functools.partial(_gold_items, metric="pairwise_accuracy", distinct=True)),
+    "summarization": (rouge_l, _gold_references),
+}
+POOL_MIN_BATCH = 64  # below this a process pool costs more to start than it saves
+
+
+def _reward(task: str) -> tuple[Callable, Callable]:
+    if task not in REWARDS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(REWARDS)}")
+    return REWARDS[task]
+
+
+def parse_gold(task: str, gold):
+    """The gold answer of `task` read exactly as its metric reads it (a number, rows, normalized lines,
+    reference tokens); ValueError naming the metric and the problem if it cannot be scored. Call it
+    once per record at load time (data.py does) so a bad gold stops the run before any rollout."""
+    return _reward(task)[1](gold)
+
+
+def score(task: str, response: str, answer, *, require_think: bool = False) -> float:
+    """Reward of one response: format gate (if require_think), strip the thinking, apply the task metric."""
+    metric = _reward(task)[0]
+    if require_think and not format_ok(response):
+        parse_gold(task, answer)  # still validate the gold: bad data must not hide behind the gate
+        return 0.0
+    return metric(answer_text(response), answer)
+
+
+def score_batch(tasks: Sequence[str], responses: Sequence[str], answers: Sequence, *,
+                require_think: bool = False, processes: int = 0) -> list[float]:
+    """score() over a batch; with processes > 0 and at least POOL_MIN_BATCH items, in a process pool
+    (spawned, not forked: safe in a trainer that already holds CUDA state and threads).
+
+    Spawned workers re-import the calling script, so a script that calls this with processes > 0 needs
+    the usual guard, or each worker starts the script again:
+
+        if __name__ == "__main__":
+            main()
+    """
+    tasks, responses, answers = list(tasks), list(responses), list(answers)
+    if not len(tasks) == len(responses) == len(answers):
+        raise ValueError(f"score_batch: {len(tasks)} tasks, {len(responses)} responses, {len(answers)} answers")
+    for task in set(tasks):
+        _reward(task)  # fail fast on a bad task name, before starting any worker
+    one = functools.partial(score, require_think=require_think)
+    if processes > 0 and len(tasks) >= POOL_MIN_BATCH:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            chunk = max(1, len(tasks) // (4 * processes))
+            return pool.starmap(one, zip(tasks, responses, answers), chunksize=chunk)
+    return [one(t, r, a) for t, r, a in zip(tasks, responses, answers)]
+
+
+# -----------------------------------------------------------------------------
+# Appendix: reading a final math answer (numerical reasoning)
+#
+# Everything below serves math_equal (section 4): numbers hand-parsed into exact Fractions, a small
+# recursive-descent parser of LaTeX and plain arithmetic (no eval), and the comparison of a final
+# answer with the gold. Standard library only, like the rest of the file.
+
+
+# -----------------------------------------------------------------------------
+# A. Numbers: hand-parsed into exact Fractions
 
 # One numeric token. Every piece is a fixed string, a bounded run, or a greedy run of one character
 # class followed only by optional parts, so a match attempt never rescans text: finditer over the
@@ -388,7 +654,7 @@ def _boxed(text: str) -> Optional[str]:
 
 
 # -----------------------------------------------------------------------------
-# LaTeX and plain arithmetic: a small recursive-descent parser, no eval
+# B. LaTeX and plain arithmetic: a small recursive-descent parser, no eval
 
 # The grammar, loosest binding first (each line one method of _Parser):
 #   answer  := item ("," item)*                 several items: a bare list, compared as a set
@@ -810,6 +1076,9 @@ def parse_math(s: str):
         return None
 
 
+# -----------------------------------------------------------------------------
+# C. A final answer against the gold: tolerance, tuples and sets, percent as a unit
+
 def _close(p, g) -> bool:
     """One predicted scalar vs one gold scalar: relative tolerance 1e-4; exact for an integer gold
     (a float prediction there may differ only by float rounding, 1e-9)."""
@@ -888,260 +1157,3 @@ def _from_regex(found):
         return _finite(value / 100 if pct else value), pct
     except (ValueError, OverflowError):
         return None
-
-
-def _gold_math(answer):
-    """A numerical_reasoning gold parsed by the same parser as the responses; ValueError if unreadable."""
-    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-        answer = repr(answer)
-    if not isinstance(answer, str):
-        raise ValueError(f"math_equal: gold answer must be a number string, got {answer!r}")
-    box = _boxed(answer)
-    parsed = parse_math(answer if box is None else box)
-    if parsed is None:
-        raise ValueError(f"math_equal: cannot read gold answer {answer!r:.80} as a number or tuple "
-                         "(LaTeX or plain arithmetic: 12, 3/4, \\frac{\\sqrt{3}}{2}, 2\\pi, 25%, (1, 2), [0, 1))")
-    return parsed
-
-
-def math_equal(response: str, answer: str) -> float:
-    """1.0 if the final answer equals the gold (relative tolerance 1e-4; exact for an integer gold).
-
-    Both sides go through parse_math. Several numbers against a scalar gold ("\\boxed{2, 3}" vs 2): 0.
-
-    The percent rule: a "%" in the response is a unit and "8\\%" reads as 8, the number written. Math
-    golds for "what percent ..." questions are written "8", and a model that adds the sign is right.
-    It is not also right against a gold 0.08: reading the sign both ways (as before, and as some
-    released graders do) let one answer match two golds a factor 100 apart, so appending "%" was a
-    free second guess. A gold written with "%" names a percentage, and then its fraction states the
-    same quantity: gold "8%" accepts 8%, 8 and 0.08 (one of them per answer; 0.08% is not 8%)."""
-    g, g_pct = _gold_math(answer)
-    found = _final_answer(_tail(response))
-    if found is None:
-        return 0.0
-    p, p_pct = found
-    p, written = _as_written(p, p_pct), _as_written(g, g_pct)
-    golds = [written, g] if g_pct and not p_pct else [written]
-    return float(any(_values_equal(p, y) for y in golds))
-
-
-# -----------------------------------------------------------------------------
-# Tables: multiset IoU of rows (structured extraction)
-
-def _cell(c) -> str:
-    # Cells compare as strings: "12" and 12 are the same cell; nested values by their JSON text.
-    return c.strip() if isinstance(c, str) else json.dumps(c, ensure_ascii=False, sort_keys=True)
-
-
-def _loads(s: str):
-    try:
-        return json.loads(s)
-    except (ValueError, RecursionError):  # invalid JSON, or nesting deeper than the parser allows
-        return None
-
-
-def _rows_of(obj) -> Optional[list]:
-    if isinstance(obj, dict):
-        obj = obj.get("data")
-    return obj if isinstance(obj, list) else None
-
-
-def _response_rows(text: str) -> Optional[Counter]:
-    """Multiset of rows from {"data": rows} (or bare rows), inside the last <answer>...</answer> if present,
-    code fences allowed; None if no table can be read. A row that is not a list is kept as a row that
-    matches nothing (it still counts in the union)."""
-    k = text.rfind("<answer>")
-    if k >= 0:
-        end = text.find("</answer>", k)
-        text = text[k + len("<answer>"):end if end >= 0 else len(text)]
-    text = text.strip()
-    rows = _rows_of(_loads(text))
-    if rows is None:  # prose or ```json fences around the object: try from the first "{" to the last "}"
-        a, b = text.find("{"), text.rfind("}")
-        rows = _rows_of(_loads(text[a:b + 1])) if 0 <= a < b else None
-    if rows is None:
-        return None
-    out = Counter()
-    for i, row in enumerate(rows):
-        try:
-            key = tuple(_cell(c) for c in row) if isinstance(row, list) else ("\0not a row", i)
-        except (ValueError, RecursionError):  # a cell nested too deep to serialize
-            key = ("\0not a row", i)
-        out[key] += 1
-    return out
-
-
-def _gold_rows(answer) -> Counter:
-    obj = answer
-    if isinstance(obj, str):
-        obj = _loads(obj)
-        if obj is None:
-            raise ValueError(f"row_iou: gold answer is not valid JSON: {answer[:80]!r}")
-    rows = _rows_of(obj)
-    if rows is None or not all(isinstance(r, list) for r in rows):
-        raise ValueError(f"row_iou: gold must be rows (a list of lists) or {{\"data\": rows}}, got {answer!r:.80}")
-    return Counter(tuple(_cell(c) for c in r) for r in rows)
-
-
-def row_iou(response: str, answer) -> float:
-    """|pred & gold| / |pred | gold| over multisets of rows; no readable table scores 0.
-    An empty gold table scores 1.0 only against an empty predicted table."""
-    gold = _gold_rows(answer)
-    pred = _response_rows(_tail(response))
-    if pred is None:
-        return 0.0
-    union = sum((pred | gold).values())
-    if union == 0:  # both tables empty
-        return 1.0
-    return sum((pred & gold).values()) / union
-
-
-# -----------------------------------------------------------------------------
-# ROUGE-L: token LCS, bit-parallel over Python ints (summarization)
-
-# CJK ideographs and kana: one token per character. Everything else: runs of Unicode letters/digits.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
-_TOKEN = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")  # two single-class alternatives: linear
-
-
-def tokens(text: str) -> list[str]:
-    """ROUGE tokens: lowercase alphanumeric runs, each CJK character one token."""
-    return _TOKEN.findall(text.lower())
-
-
-def lcs_length_dp(a: Sequence, b: Sequence) -> int:
-    """Length of the longest common subsequence, the plain O(len(a)*len(b)) DP (the reference)."""
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def lcs_length(a: Sequence, b: Sequence) -> int:
-    """Length of the LCS, bit-parallel (Crochemore et al. 2001; Hyyro 2004): the same number as
-    lcs_length_dp in O(len(a) * len(b) / 64) machine-word operations, run by CPython's big-int code.
-
-    Bit i of V stands for position i of the shorter sequence. For each element y of the longer one,
-    with M = the positions where the shorter holds y and U = V & M:  V <- (V + U) | (V - U).
-    The LCS length is the number of zero bits among the low len(shorter) bits of V.
-    Bits over the shorter sequence (the reference, ~1K tokens) keep the ints small and the memory
-    bounded; elements of the response that the reference never uses are skipped for free."""
-    if len(a) > len(b):
-        a, b = b, a  # a: the shorter, one bit per position; b: the longer, one loop step per element
-    masks: dict = {}
-    for i, x in enumerate(a):
-        masks[x] = masks.get(x, 0) | (1 << i)
-    full = (1 << len(a)) - 1
-    v = full
-    get = masks.get
-    for y in b:
-        m = get(y)
-        if m is not None:
-            u = v & m
-            v = ((v + u) | (v - u)) & full  # & full: drop the carry out of the top bit
-    return len(a) - v.bit_count()
-
-
-def _gold_references(answer) -> list[list[str]]:
-    refs = [answer] if isinstance(answer, str) else answer
-    if not isinstance(refs, (list, tuple)) or not refs or not all(isinstance(r, str) for r in refs):
-        raise ValueError(f"rouge_l: gold must be a reference string or a non-empty list of them, got {answer!r:.80}")
-    ref_tokens = [tokens(r) for r in refs]
-    if not all(ref_tokens):
-        raise ValueError(f"rouge_l: a reference has no tokens: {answer!r:.80}")
-    return ref_tokens
-
-
-def rouge_l(response: str, answer) -> float:
-    """ROUGE-L F1 = 2PR/(P+R) with P = LCS/len(pred), R = LCS/len(ref), max over the references."""
-    ref_tokens = _gold_references(answer)
-    pred = tokens(_tail(response))
-    best = 0.0
-    for ref in ref_tokens:
-        lcs = lcs_length(pred, ref) if pred else 0
-        if lcs:
-            p, r = lcs / len(pred), lcs / len(ref)
-            best = max(best, 2 * p * r / (p + r))
-    return best
-
-
-# -----------------------------------------------------------------------------
-# Dispatch: task name -> metric, one response or a batch
-
-TASKS: dict[str, Callable] = {
-    "precise_retrieval": exact_match,
-    "comprehension": choice_accuracy,
-    "exhaustive_retrieval": set_f1,
-    "numerical_reasoning": math_equal,
-    "structured_extraction": row_iou,
-    "structured_matching": sub_em,
-    "graded_ranking": ndcg,
-    "sequence_ordering": pairwise_accuracy,
-    "summarization": rouge_l,
-}
-POOL_MIN_BATCH = 64  # below this a process pool costs more to start than it saves
-
-# Task name -> the function its metric reads the gold with (a bad gold is refused at load). Each metric above calls
-# the same function first, so a gold that parse_gold accepts is one the metric can score, and a gold
-# it refuses would have made the metric raise: load-time checks and scoring cannot disagree.
-GOLD_READERS: dict[str, Callable] = {
-    "precise_retrieval": _gold_text,
-    "comprehension": _gold_choice,
-    "exhaustive_retrieval": functools.partial(_gold_items, metric="set_f1", distinct=False),
-    "numerical_reasoning": _gold_math,
-    "structured_extraction": _gold_rows,
-    "structured_matching": functools.partial(_gold_items, metric="sub_em", distinct=False),
-    "graded_ranking": functools.partial(_gold_items, metric="ndcg", distinct=True),
-    "sequence_ordering": functools.partial(_gold_items, metric="pairwise_accuracy", distinct=True),
-    "summarization": _gold_references,
-}
-
-
-def _metric(task: str) -> Callable:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
-    return TASKS[task]
-
-
-def parse_gold(task: str, gold):
-    """The gold answer of `task` read exactly as its metric reads it (a number, rows, normalized lines,
-    reference tokens); ValueError naming the metric and the problem if it cannot be scored. Call it
-    once per record at load time (data.py does) so a bad gold stops the run before any rollout."""
-    _metric(task)
-    return GOLD_READERS[task](gold)
-
-
-def score(task: str, response: str, answer, *, require_think: bool = False) -> float:
-    """Reward of one response: format gate (if require_think), strip the thinking, apply the task metric."""
-    metric = _metric(task)
-    if require_think and not format_ok(response):
-        parse_gold(task, answer)  # still validate the gold: bad data must not hide behind the gate
-        return 0.0
-    return metric(answer_text(response), answer)
-
-
-def score_batch(tasks: Sequence[str], responses: Sequence[str], answers: Sequence, *,
-                require_think: bool = False, processes: int = 0) -> list[float]:
-    """score() over a batch; with processes > 0 and at least POOL_MIN_BATCH items, in a process pool
-    (spawned, not forked: safe in a trainer that already holds CUDA state and threads).
-
-    Spawned workers re-import the calling script, so a script that calls this with processes > 0 needs
-    the usual guard, or each worker starts the script again:
-
-        if __name__ == "__main__":
-            main()
-    """
-    tasks, responses, answers = list(tasks), list(responses), list(answers)
-    if not len(tasks) == len(responses) == len(answers):
-        raise ValueError(f"score_batch: {len(tasks)} tasks, {len(responses)} responses, {len(answers)} answers")
-    for task in set(tasks):
-        _metric(task)  # fail fast on a bad task name, before starting any worker
-    one = functools.partial(score, require_think=require_think)
-    if processes > 0 and len(tasks) >= POOL_MIN_BATCH:
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            chunk = max(1, len(tasks) // (4 * processes))
-            return pool.starmap(one, zip(tasks, responses, answers), chunksize=chunk)
-    return [one(t, r, a) for t, r, a in zip(tasks, responses, answers)]

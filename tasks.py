@@ -11,7 +11,7 @@
 The paper builds its ~23K samples in four phases: a capability taxonomy, sources
 (curated long-context sets plus real books, papers and dialogues), QA pairs written by models on the
 real documents and cross-checked, then difficulty labelling by pass rate (solve_rate here). We keep
-the taxonomy (the nine task types of rewards.TASKS) and phase 4, and replace model-written QA with
+the taxonomy (the nine task types of rewards.REWARDS) and phase 4, and replace model-written QA with
 questions whose answers are *computed* from the text (which sentence follows a quote, who mentions a
 word how often, in what order sentences appear), so every gold answer is correct by construction and
 the whole pipeline runs offline on any documents. Summarization needs a reference written by a person that is
@@ -468,11 +468,9 @@ def make_summarization(c: Context, rng: random.Random):
             'that docstring: one to four sentences that summarize what the code does.'), c.code.summary
 
 
-MAKERS = {"precise_retrieval": make_precise_retrieval, "comprehension": make_comprehension,
-          "exhaustive_retrieval": make_exhaustive_retrieval, "numerical_reasoning": make_numerical_reasoning,
-          "structured_extraction": make_structured_extraction, "structured_matching": make_structured_matching,
-          "graded_ranking": make_graded_ranking, "sequence_ordering": make_sequence_ordering,
-          "summarization": make_summarization}
+# task -> its maker: make_<task> above, for every task of rewards.REWARDS that has one. A new reward
+# needs no row here: its maker is found by name, and without one it trains from JSONL data only.
+MAKERS = {task: globals()[f"make_{task}"] for task in TASK_NAMES if f"make_{task}" in globals()}
 
 
 # -----------------------------------------------------------------------------
@@ -517,7 +515,7 @@ def _build_one(task: str, i: int, seed: int | str, pool: list, tokenizer, contex
 
 
 def build_tasks(documents: Sequence[Document], tokenizer, n_per_task: int, context_tokens: int, seed: int | str, *,
-                tasks: Sequence[str] = TASK_NAMES, code: Optional[Sequence[CodeSummary]] = None) -> list[Sample]:
+                tasks: Sequence[str] = tuple(MAKERS), code: Optional[Sequence[CodeSummary]] = None) -> list[Sample]:
     """n_per_task samples of each task type. Every templated prompt has at most context_tokens tokens
     (checked with `tokenizer`); every answer is computed from the packed context itself. Sample i of a
     task depends only on (seed, task, i) and the inputs; its id is "<task>-<seed>-<i>". A string seed

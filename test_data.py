@@ -102,7 +102,7 @@ def test_every_source_and_subtask_maps_and_scores(tmp_path):
             assert s.task == want[s.source]
         if "math_longcot_math_verify" in s.source:
             assert s.task == "numerical_reasoning"
-        assert s.task in rewards.TASKS
+        assert s.task in rewards.REWARDS
         assert rewards.score(s.task, perfect(s.task, s.answer), s.answer) == 1.0, s
         assert rewards.score(s.task, near_miss(s.task, s.answer), s.answer) < 1.0, s
         assert rewards.score(s.task, "I do not know.", s.answer) < 1.0, s

@@ -13,7 +13,7 @@ from fractions import Fraction
 import pytest
 
 import rewards
-from rewards import (TASKS, answer_text, choice_accuracy, exact_match, format_ok, lcs_length,
+from rewards import (REWARDS, answer_text, choice_accuracy, exact_match, format_ok, lcs_length,
                      lcs_length_dp, math_equal, ndcg, pairwise_accuracy, rouge_l, row_iou, score,
                      score_batch, set_f1, sub_em, tokens)
 
@@ -57,10 +57,10 @@ def test_format_gate(response, ok):
 
 
 def test_tasks_table_and_errors():
-    assert set(TASKS) == {"precise_retrieval", "comprehension", "exhaustive_retrieval",
-                          "numerical_reasoning", "structured_extraction", "structured_matching",
-                          "graded_ranking", "sequence_ordering", "summarization"}
-    assert {f.__name__ for f in TASKS.values()} == set(GOLD)
+    assert list(REWARDS) == ["precise_retrieval", "comprehension", "exhaustive_retrieval",
+                             "numerical_reasoning", "structured_extraction", "structured_matching",
+                             "graded_ranking", "sequence_ordering", "summarization"]  # the docstring's order
+    assert {metric.__name__ for metric, _ in REWARDS.values()} == set(GOLD)
     with pytest.raises(ValueError, match="unknown task 'retrieval'"):
         score("retrieval", "x", "x")
     # A bad gold raises even when the format gate already zeroed the response: bad data must surface.
@@ -96,7 +96,7 @@ def test_parse_gold_and_the_metrics_never_disagree():
     candidates = list(GOLD.values()) + [g for g, _ in BAD_GOLDS.values()] + [
         "12", "B", "(B)", ["alice smith"], [1, 2], "x^2", "3/4", 42, 2.5, None, True, {"data": [["a", 1]]},
         [["a", 1]], '{"rows": []}', ["the cat"], "", "\\boxed{12", "\\frac{\\sqrt{3}}{2}", "[0, 1)"]
-    for task in TASKS:
+    for task in REWARDS:
         for gold in candidates:
             try:
                 rewards.parse_gold(task, gold)
@@ -1053,3 +1053,13 @@ def test_examples_for_the_readme():
     assert score("sequence_ordering", "</think>a\nc\nb\nd", ["a", "b", "c", "d"]) == pytest.approx(5 / 6)
     assert score("summarization", "</think>the cat sat on the mat",
                  "the cat is on the mat") == pytest.approx(5 / 6)
+
+
+def test_the_file_reads_metrics_first_in_the_table_order_and_the_parser_last():
+    """The layout the module docstring promises: the nine metrics in REWARDS' order, then the table,
+    then the math parser as an appendix."""
+    import inspect
+    line = lambda f: inspect.getsourcelines(f)[1]  # noqa: E731
+    metrics = [line(metric) for metric, _ in REWARDS.values()]
+    assert metrics == sorted(metrics)
+    assert metrics[-1] < line(rewards.score) < line(rewards.parse_math)
