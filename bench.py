@@ -520,7 +520,7 @@ def bench_trl(args):
 
 def bench_gpu(args):
     """On one CUDA GPU: the CUDA-only tests, a 3-step default run in bf16 with its peak memory against
-    policy.memory_estimate, and rollout.generate against model.generate at a long prompt (decode
+    memory.memory_estimate, and rollout.generate against model.generate at a long prompt (decode
     tokens/s). Says which attention kernels ran (flash-attn when it imports, else torch's SDPA).
     Without CUDA it says so and returns."""
     import json
@@ -549,6 +549,7 @@ def bench_gpu(args):
           + next((line for line in run.stdout.splitlines() if line.startswith("attention kernels")), ""))
     if run.returncode == 0:
         import config
+        import memory
         import policy
         m = [json.loads(line) for line in open(out / "metrics.jsonl")]
         cfg = config.Config(**{k: v for k, v in json.load(open(out / "config.json")).items()
@@ -556,7 +557,7 @@ def bench_gpu(args):
         from transformers import AutoConfig
         mc = AutoConfig.from_pretrained(policy.embedded_model_dir())
         n = sum(p.numel() for p in policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu")).parameters())
-        est = policy.memory_estimate(n, mc, policy.wave_kv_positions(cfg, 1))
+        est = memory.memory_estimate(n, mc, memory.wave_kv_positions(cfg, 1))
         print(f"peak allocated per step (GiB): {[round(x['peak_mem_gib'], 2) for x in m]}; estimate before "
               f"activations {est['total'] / 2**30:.2f} GiB; update tokens/s {[round(x.get('update_tokens_per_s', 0)) for x in m]}")
     else:

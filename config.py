@@ -124,7 +124,7 @@ PAPER = dict(lr=2e-6, warmup_steps=5, weight_decay=0.1, grad_clip=1.0, group_siz
              require_think=True, advantage="tmn_reweight", alpha=0.8,
              # the longest prompt with 4 of its longest responses per shared-prefix micro-batch (a
              # group = 4 sub-groups, its prompt run 4 times, not 16): the most that fits a 141 GB GPU
-             # under fsdp at 8 GPUs, 128 GB by policy.phase_memory (8 per micro-batch: 158 GB)
+             # under fsdp at 8 GPUs, 128 GB by memory.phase_memory (8 per micro-batch: 158 GB)
              micro_batch_tokens=163_840 + 4 * 16_384,
              # KV positions per generation wave: the recipe's largest prompt with its G x max_new rows
              # (rollout.wave_kv_tokens), so that prompt fits a wave of its own: 163,840 + 16 x 16,384

@@ -1,19 +1,22 @@
-"""The policy model: loading it (the embedded default, a hub id or a local folder), its bf16 sampler
-copy, the ids that end a turn, and the training forward that turns token ids into the log-probs of
-the response tokens: per row (the reference) or with each prompt shared by its group; its
-DDP / FSDP2 wrapping and the memory it needs per GPU, by arithmetic (memory_estimate).
+"""The policy model: loading it (the embedded default, a hub id or a local folder), the sampler that
+generates with it, the ids that end a turn, the training forward that turns token ids into the
+log-probs of the response tokens (per row, the reference, or with each prompt shared by its group),
+and its DDP / FSDP2 sharding. What it needs per GPU is memory.py's arithmetic.
+
+Three names, the same everywhere: `model` is the Hugging Face causal LM being trained (float32
+master weights); `sampler` is what generates (the model itself, or its copy: bf16 on CUDA, whole
+under fsdp); a `policy` is Policy(model), token ids in and response log-probs out, the module DDP or
+FSDP2 wraps (train.py's run.policy).
 
     import policy
-    lm = policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu"))
-    net = policy.Policy(lm, temperature=1.0, chunk=1024)        # what DDP wraps
-    with attention.setting(lm):                                 # open until backward has run
-        lp = policy.forward_logprobs(net, rows, [0, 1], pad_id, device)  # [2, T] response log-probs
-        lp = policy.forward_logprobs_shared(net, rows, [0, 1], pad_id, device)  # the same, prompt once
+    model = policy.load_model(str(policy.embedded_model_dir()), torch.device("cpu"))
+    sampler = policy.make_sampler(model)                        # bf16 parameters, float32 buffers
+    with attention.setting(model):                              # open until backward has run
+        lp = policy.forward_logprobs(policy.Policy(model, 1.0, 1024), rows, [0, 1], pad_id, device)  # [2, T]
+        lp = policy.forward_logprobs_shared(policy.Policy(model, 1.0, 1024), rows, [0, 1], pad_id, device)
 
     python -m pytest -q test_policy.py       # shared == per-row: log-probs, gradients, split groups
     python bench.py --only prefix            # forward+backward time and memory, per-row vs shared
-    python policy.py                         # per-GPU memory: ddp vs fsdp, and each phase at the paper's sizes
-    policy.memory_estimate(n_params, lm.config, kv_positions)   # bytes per GPU (train.py logs it on CUDA)
 
 train.py and tasks.py both import this file, so the two agree on the model and on where a
 response ends (no import cycle, one set of EOS ids).
@@ -129,9 +132,11 @@ class Policy(nn.Module):
     predict response tokens, chunk by chunk (grpo.token_logprobs): no [tokens, vocab] tensor, ever.
     """
 
-    def __init__(self, lm, temperature: float, chunk: int):
+    def __init__(self, model, temperature: float, chunk: int):
         super().__init__()
-        self.lm, self.temperature, self.chunk = lm, temperature, chunk
+        # the model being trained, as the attribute `lm`: under fsdp the saved AdamW shards are keyed
+        # by parameter paths (lm.model.layers.0...), so the name stays for checkpoints to load
+        self.lm, self.temperature, self.chunk = model, temperature, chunk
 
     def forward(self, input_ids, attention_mask, rows, cols, targets, position_ids=None, packing=None):
         # packing: a PackedGroups (shared-prefix forward, below), handed to our attention function
@@ -144,14 +149,14 @@ class Policy(nn.Module):
         return grpo.token_logprobs(hidden[rows, cols], weight, targets, self.temperature, self.chunk)
 
 
-def require_setting(lm):
-    """With gradient checkpointing, forward AND backward must run inside attention.setting(lm): the
+def require_setting(model):
+    """With gradient checkpointing, forward AND backward must run inside attention.setting(model): the
     backward recomputes each layer and looks its attention function up by name again, and outside
     the setting that is the model's own attention (other saved tensors, wrong gradients)."""
-    if (torch.is_grad_enabled() and lm.training and lm.is_activation_checkpointing
-            and lm.config._attn_implementation != ATTN_NAME):
+    if (torch.is_grad_enabled() and model.training and model.is_activation_checkpointing
+            and model.config._attn_implementation != ATTN_NAME):
         raise RuntimeError("a training forward with gradient checkpointing: wrap forward AND backward in "
-                           "attention.setting(lm), or the backward's recompute runs the model's own "
+                           "attention.setting(model), or the backward's recompute runs the model's own "
                            "attention (wrong gradients)")
 
 
@@ -175,8 +180,8 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
     token t of a row whose prompt has p tokens.
     """
     T = rows.tokens.shape[1]
-    lm = getattr(policy, "module", policy).lm  # policy may be DDP-wrapped
-    require_setting(lm)
+    model = unwrap(policy).lm  # policy may be DDP-wrapped
+    require_setting(model)
     seqs, lens = [], []
     for i in mb:
         r = int(rows.mask[i].sum())
@@ -191,7 +196,7 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
     t_idx = torch.cat([torch.arange(r) for p, r in lens])                       # [N] response pos
     cols = torch.cat([torch.arange(p - 1, p - 1 + r) for p, r in lens])          # [N] predicting pos
     targets = rows.tokens[mb][b_idx, t_idx]
-    with attention_setting(lm):  # rows are right-padded: causal attention is exact where it matters,
+    with attention_setting(model):  # rows are right-padded: causal attention is exact where it matters,
         # and no [L, L] padding mask is built (on CUDA a dense mask sends SDPA to its O(L^2) kernel)
         lp = policy(ids.to(device), att.to(device), b_idx.to(device), cols.to(device), targets.to(device))
     out = torch.zeros(len(mb), T, dtype=lp.dtype, device=device)
@@ -249,8 +254,8 @@ def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attenti
     first token; position o_j+t-1 predicts token t of the response that starts at o_j.
     attention: the kernels, 'torch' or 'flash' (attention.choose decides once per run).
     """
-    lm = getattr(policy, "module", policy).lm  # policy may be DDP-wrapped
-    require_setting(lm)
+    model = unwrap(policy).lm  # policy may be DDP-wrapped
+    require_setting(model)
     if attention not in ("torch", "flash"):
         raise ValueError(f"attention must be 'torch' or 'flash' (attention.choose picks it), got {attention!r}")
     T = rows.tokens.shape[1]
@@ -276,7 +281,7 @@ def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attenti
     lay = PackedGroups([len(rows.prompts[g[0]]) for g in groups], resp_lens, attention, device)
     b_idx, t_idx, cols = torch.cat(b_idx), torch.cat(t_idx), torch.cat(cols)     # [N] each
     targets = rows.tokens[mb][b_idx, t_idx]
-    with attention_setting(lm):
+    with attention_setting(model):
         lp = policy(torch.tensor([ids], device=device), None, torch.zeros_like(cols).to(device),
                     cols.to(device), targets.to(device), position_ids=lay.positions, packing=lay)
     out = torch.zeros(len(mb), T, dtype=lp.dtype, device=device)
@@ -297,22 +302,22 @@ def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attenti
 # sampler is always a full copy (a sharded model cannot generate on its own: ranks decode different
 # lengths).
 
-def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print, bf16: bool = False) -> nn.Module:
-    """The module the update calls (its forward is net's). `net` is changed in place under fsdp.
+def wrap(policy: nn.Module, shard: str, device: torch.device, world: int, log=print, bf16: bool = False) -> nn.Module:
+    """The module the update calls (its forward is the policy's). `policy` is changed in place under fsdp.
 
-    ddp : DistributedDataParallel around net.
-    fsdp: fully_shard each decoder layer, then the root (net: the embedding, final norm and the tied
+    ddp : DistributedDataParallel around the policy.
+    fsdp: fully_shard each decoder layer, then the root (the policy: the embedding, final norm and the tied
           LM head, which Policy.forward uses directly). With bf16 (--precision bf16) compute runs on
           bf16 copies of the gathered weights; gradients are reduced in float32 into float32 master
           shards. Without: float32 throughout.
-    One process: net itself (nothing to shard or sync).
+    One process: the policy itself (nothing to shard or sync).
     """
     if shard not in ("ddp", "fsdp"):
         raise ValueError(f"--shard must be ddp or fsdp, got {shard!r}")
     if world == 1:
         if shard == "fsdp":
             log("--shard fsdp with one process: nothing to shard, training the plain model")
-        return net
+        return policy
     if shard == "ddp":
         # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets instead of beside
         # them (saves 4 bytes per parameter, ~16 GB for a 4B model). broadcast_buffers=False: the only
@@ -322,17 +327,17 @@ def wrap(net: nn.Module, shard: str, device: torch.device, world: int, log=print
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
             return nn.parallel.DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None,
+                policy, device_ids=[device.index] if device.type == "cuda" else None,
                 gradient_as_bucket_view=True, broadcast_buffers=False)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(device.type, (world,))  # one flat group: every rank holds 1/world
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
           if bf16 else MixedPrecisionPolicy())
-    for layer in net.lm.base_model.layers:  # one all-gather unit per decoder layer
+    for layer in policy.lm.base_model.layers:  # one all-gather unit per decoder layer
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(net, mesh=mesh, mp_policy=mp)  # the rest: embedding, final norm, LM head
-    return net
+    fully_shard(policy, mesh=mesh, mp_policy=mp)  # the rest: embedding, final norm, LM head
+    return policy
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -444,149 +449,3 @@ def local_state_bytes(model: nn.Module, optimizer) -> int:
         total += sum(local(s).nbytes for s in optimizer.state.get(p, {}).values()
                      if isinstance(s, torch.Tensor) and s.dim() > 0)  # Adam: exp_avg, exp_avg_sq
     return total
-
-
-# Memory per GPU, by arithmetic: one formula, memory_estimate (README "Memory" and "Scaling past one GPU:
-# FSDP2"; train.py prints it at start-up, `python policy.py` prints the FSDP2 table)
-QWEN3 = {  # hidden, layers, heads, kv heads, MLP width, tied embedding (Qwen3 config.json files)
-    "Qwen3-0.6B": (1024, 28, 16, 8, 3072, True), "Qwen3-1.7B": (2048, 28, 16, 8, 6144, True),
-    "Qwen3-4B": (2560, 36, 32, 8, 9728, True), "Qwen3-8B": (4096, 36, 32, 8, 12288, False),
-}
-
-
-def qwen3_params(name: str) -> int:
-    """Parameter count of a Qwen3 size, from the real module built on the meta device (no memory)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    h, n, heads, kv, inter, tied = QWEN3[name]
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=h, num_hidden_layers=n, num_attention_heads=heads,
-                      num_key_value_heads=kv, head_dim=128, intermediate_size=inter, tie_word_embeddings=tied)
-    with torch.device("meta"):
-        return sum(p.numel() for p in Qwen3ForCausalLM(cfg).parameters())
-
-
-def wave_kv_positions(cfg, world: int) -> int:
-    """KV positions (per layer) of the largest generation wave: rollout.wave_kv_tokens of the
-    longest allowed prompt with its G x max_new rows, or the whole budget if that is larger; with no
-    budget (0) all of a rank's prompts of a round share one wave. cfg: config.Config."""
-    one = cfg.max_prompt_tokens + cfg.group_size * cfg.max_new_tokens
-    if cfg.kv_budget_tokens:
-        return max(cfg.kv_budget_tokens, one)
-    return max((cfg.gen_prompts or cfg.prompts_per_step) // world, 1) * one
-
-
-def memory_estimate(n_params: int, config=None, kv_positions: int = 0, sampler: bool = True,
-                    bucket_view: bool = True, shard: str = "ddp", world: int = 1,
-                    accumulate: bool = False) -> dict:
-    """Bytes per GPU for a model of n_params = N parameters, before activations:
-
-        weights fp32 4N + gradients fp32 4N + AdamW exp_avg, exp_avg_sq 8N   = 16N (ddp), 16N/world (fsdp)
-        + DDP's gradient buckets 4N unless gradient_as_bucket_view (then they *are* the gradients)
-        + fsdp with several micro-batches per optimizer step (one reduce-scatter per step, grad_sync):
-          the unsharded float32 gradients held between micro-batches, 4N
-        + bf16 sampler copy 2N (CUDA)
-        + rollout KV, bf16: 2 (K and V) x layers x kv_heads x head_dim x 2 bytes x kv_positions
-
-    config: the model's HF config (num_hidden_layers, num_key_value_heads, head_dim); None = no KV.
-    kv_positions: KV positions of the largest generation wave (wave_kv_positions).
-    """
-    share = (lambda b: b / world) if shard == "fsdp" else (lambda b: b)
-    kv_per_token = 0
-    if config is not None:
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
-    m = {"weights": share(4 * n_params), "grads": share(4 * n_params), "adamw": share(8 * n_params),
-         "ddp_buckets": 0 if bucket_view or shard == "fsdp" else 4 * n_params,
-         "accumulation": 4 * n_params if shard == "fsdp" and accumulate and world > 1 else 0,
-         "sampler": 2 * n_params if sampler else 0, "rollout_kv": kv_per_token * kv_positions}
-    m["total"] = sum(m.values())
-    return m
-
-
-def log_memory_estimate(model, cfg, world: int, device, log):
-    """Print the DDP estimate at start-up on CUDA, against the GPU's memory: a run that cannot fit is
-    visible before any GPU time is spent. cfg: config.Config."""
-    if device.type != "cuda":
-        return
-    kv = wave_kv_positions(cfg, world)
-    m = memory_estimate(sum(p.numel() for p in model.parameters()), model.config, kv)
-    have = torch.cuda.get_device_properties(device).total_memory
-    gib = lambda b: f"{b / 2**30:.1f}"
-    log(f"memory estimate per GPU (GiB, activations not included): weights {gib(m['weights'])} + grads "
-        f"{gib(m['grads'])} + AdamW {gib(m['adamw'])} + bf16 sampler {gib(m['sampler'])} + rollout KV "
-        f"{gib(m['rollout_kv'])} ({kv:,} positions per wave) = {gib(m['total'])} of {gib(have)}")
-    if m["total"] > have:
-        log("warning: this does not fit on one GPU under DDP; lower --kv-budget-tokens, --max-new-tokens, "
-            "--group-size or --max-prompt-tokens, or use a smaller model (README: Memory)")
-
-
-def gb_per_gpu(params: int, shard: str, world: int, accumulate: bool) -> dict:
-    """memory_estimate in GB (1e9 bytes) without the rollout KV cache, P = params, N = world:
-    float32 weights + grads + AdamW's two moments 16P (ddp) or 16P/N (fsdp), the bf16 sampler 2P,
-    and under fsdp with several micro-batches per optimizer step the unsharded gradients, 4P."""
-    m = memory_estimate(params, shard=shard, world=world, accumulate=accumulate)
-    return {"states": (m["weights"] + m["grads"] + m["adamw"]) / 1e9, "sampler": m["sampler"] / 1e9,
-            "accumulation": m["accumulation"] / 1e9, "total": m["total"] / 1e9}
-
-def phase_memory(name: str, world: int, shard: str, prompt: int, responses: int, resp_len: int,
-                 per_micro: int, vocab: int = 151_936, logprob_chunk: int = 1024) -> dict:
-    """GB per GPU at the peak of each phase of a step, transients included, for a Qwen3 size (QWEN3)
-    on `world` GPUs in bf16 (--precision bf16), by arithmetic. One rollout wave = one prompt of
-    `prompt` tokens x `responses` rows of `resp_len`; the update packs `per_micro` responses with
-    their prompt into one micro-batch (shared prefix, gradient checkpointing, flash-attn).
-
-    rollout: states (16P, /world under fsdp) + sampler 2P + the wave's KV cache + keep_rows's
-             one-layer compaction copy + the decode step's [rows, vocab] float32 logits (x3: logits,
-             their scaled copy, the sampling prefix sums). FSDP's unsharded gradients are freed.
-    update : states + sampler (resident) + fsdp's unsharded float32 gradients between micro-batches
-             (4P) + checkpointed layer inputs (S tokens x hidden x layers, bf16 under fsdp, float32
-             residual under ddp's autocast) + one layer's recompute, activations and their gradients
-             (~2 x (5 hidden + 4 MLP) bf16 values per token) + the flash gather of the prompt's K/V per
-             response (bf16) with its float32 gradient sum + two bf16 layers gathered by FSDP + the
-             log-prob chunk's [chunk, vocab] float32 (x2 in backward). Fused AdamW adds nothing.
-    """
-    h, L, heads, kv, inter, tied = QWEN3[name]
-    P = qwen3_params(name)
-    shard_div = world if shard == "fsdp" else 1
-    states = 16 * P / shard_div
-    sampler = 2 * P
-    kv_token = 2 * L * kv * 128 * 2                     # bf16 K and V, all layers, one position
-    wave = prompt + responses * resp_len
-    rows = responses
-    rollout = {"states": states, "sampler": sampler, "kv_cache": kv_token * wave,
-               "keep_rows copy": kv_token * responses * resp_len / L,
-               "decode logits": 3 * rows * vocab * 4}
-    S = prompt + per_micro * resp_len                     # tokens of one packed micro-batch
-    act_bytes = 2 if shard == "fsdp" else 4
-    gathered = per_micro * prompt + per_micro * resp_len  # keys handed to the responses' flash call
-    layer_params = (P - vocab * h * (1 if tied else 2)) / L
-    update = {"states": states, "sampler": sampler,
-              "unsharded grads": 4 * P if shard == "fsdp" else 0,
-              "checkpointed inputs": S * h * L * act_bytes,
-              "layer recompute": 2 * S * (5 * h + 4 * inter) * 2,
-              "prompt K/V gather": gathered * kv * 128 * 2 * 2 + S * kv * 128 * 2 * 4,
-              "fsdp gathered layers": 2 * layer_params * 2 if shard == "fsdp" else 0,
-              "log-prob chunk": 2 * logprob_chunk * vocab * 4}
-    out = {}
-    for phase, parts in (("rollout", rollout), ("update", update)):
-        out[phase] = {k: v / 1e9 for k, v in parts.items()}
-        out[phase]["total"] = sum(parts.values()) / 1e9
-    return out
-
-
-if __name__ == "__main__":
-    print("| model | params | 1 GPU | ddp N=8 / 16 | fsdp N=8 | fsdp N=16 | fsdp N=8, accumulating | "
-          "fsdp N=16, accumulating |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in QWEN3:
-        P = qwen3_params(name)
-        cells = [gb_per_gpu(P, "ddp", 1, False), gb_per_gpu(P, "ddp", 8, False)]
-        cells += [gb_per_gpu(P, "fsdp", n, acc) for acc in (False, True) for n in (8, 16)]
-        print(f"| {name} | {P / 1e9:.2f}B | " + " | ".join(f"{c['total']:.1f}" for c in cells) + " |")
-    print("\nQwen3-4B, 8 GPUs, fsdp, bf16, the paper's sizes (prompt 163,840, 16 x 16,384), GB per GPU:")
-    for per_micro in (16, 8, 4, 1):
-        m = phase_memory("Qwen3-4B", 8, "fsdp", 163_840, 16, 16_384, per_micro)
-        print(f"  {per_micro:2d} responses per micro-batch: rollout {m['rollout']['total']:.1f}, update "
-              f"{m['update']['total']:.1f} = " + " + ".join(f"{k} {v:.1f}" for k, v in m["update"].items()
-                                                           if k != "total"))
-    m = phase_memory("Qwen3-4B", 8, "fsdp", 163_840, 16, 16_384, 8)
-    print("  rollout = " + " + ".join(f"{k} {v:.1f}" for k, v in m["rollout"].items() if k != "total"))

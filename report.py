@@ -26,6 +26,7 @@ import torch
 
 import checkpoint
 import data
+import memory
 import policy
 import tmn
 
@@ -353,14 +354,27 @@ def finish_run(cfg, start: int, seconds: float, log):
 
 
 # -----------------------------------------------------------------------------
-# Memory at start-up: the estimate per GPU (policy.memory_estimate)
+# Memory at start-up: the estimate per GPU (memory.py)
 
 def log_memory(model, cfg, world: int, device, log, fsdp: bool):
-    """The start-up memory line: ddp's estimate against the GPU (CUDA only), or fsdp's per-GPU share
-    (fsdp: the run shards over several processes)."""
-    if fsdp:  # fsdp's states are sharded: its share per GPU (policy.gb_per_gpu)
-        gb = policy.gb_per_gpu(sum(p.numel() for p in model.parameters()), "fsdp", world, accumulate=True)
+    """The start-up memory line (memory.py's arithmetic): under fsdp (the run shards over several
+    processes) its share per GPU; else, on CUDA, the ddp estimate against the GPU's memory, so a run
+    that cannot fit is visible before any GPU time is spent."""
+    n_params = sum(p.numel() for p in model.parameters())
+    if fsdp:  # fsdp's states are sharded: its share per GPU
+        gb = memory.gb_per_gpu(n_params, "fsdp", world, accumulate=True)
         log("memory per GPU under fsdp (GB, before activations and rollout KV): " +
             ", ".join(f"{k} {v:.1f}" for k, v in gb.items()))
-    else:
-        policy.log_memory_estimate(model, cfg, world, device, log)
+        return
+    if device.type != "cuda":
+        return
+    kv = memory.wave_kv_positions(cfg, world)
+    m = memory.memory_estimate(n_params, model.config, kv)
+    have = torch.cuda.get_device_properties(device).total_memory
+    gib = lambda b: f"{b / 2**30:.1f}"
+    log(f"memory estimate per GPU (GiB, activations not included): weights {gib(m['weights'])} + grads "
+        f"{gib(m['grads'])} + AdamW {gib(m['adamw'])} + bf16 sampler {gib(m['sampler'])} + rollout KV "
+        f"{gib(m['rollout_kv'])} ({kv:,} positions per wave) = {gib(m['total'])} of {gib(have)}")
+    if m["total"] > have:
+        log("warning: this does not fit on one GPU under DDP; lower --kv-budget-tokens, --max-new-tokens, "
+            "--group-size or --max-prompt-tokens, or use a smaller model (README: Memory)")

@@ -17,6 +17,7 @@ import sys
 import pytest
 import torch
 
+import memory
 import policy
 import config
 import harness
@@ -194,7 +195,7 @@ def test_positions_beyond_the_model_are_refused_before_loading(tiny, capsys):
 def test_paper_recipe_packs_a_quarter_group_per_micro_batch_and_fits_141_gb():
     """The recipe's longest prompt with 4 of its 16 longest responses in one micro-batch: a group is
     four sub-groups, its prompt run 4 times (16 with a micro-batch below a prompt plus two
-    responses); by policy.phase_memory that fits a 141 GB GPU at 8 GPUs under fsdp, 8 would not."""
+    responses); by memory.phase_memory that fits a 141 GB GPU at 8 GPUs under fsdp, 8 would not."""
     p = config.PAPER
     P, G, R = p["max_prompt_tokens"], p["group_size"], p["max_new_tokens"]
     rows = type("Rows", (), {})()
@@ -202,7 +203,7 @@ def test_paper_recipe_packs_a_quarter_group_per_micro_batch_and_fits_141_gb():
     rows.mask = torch.ones(G, R, dtype=torch.bool)
     mbs = policy.shared_micro_batches(rows, list(range(G)), p["micro_batch_tokens"])
     assert [len(mb) for mb in mbs] == [4, 4, 4, 4]
-    fits = lambda k: max(m["total"] for m in policy.phase_memory("Qwen3-4B", 8, "fsdp", P, G, R, k).values())  # noqa: E731
+    fits = lambda k: max(m["total"] for m in memory.phase_memory("Qwen3-4B", 8, "fsdp", P, G, R, k).values())  # noqa: E731
     assert fits(4) < 141 < fits(8)
 
 

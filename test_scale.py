@@ -22,7 +22,7 @@ import torch
 import config
 import data
 import harness
-import policy
+import memory
 import rollout
 import train
 from test_train import ROOT, args, free_port, metrics, tiny  # noqa: F401  (tiny is a fixture)
@@ -245,17 +245,17 @@ def test_memory_estimate_qwen3_4b_by_hand():
     # + MLP 3 x 2560x9728 + two RMSNorms 2560 = 100,930,816; x 36 layers + tied embedding
     # 151,936 x 2560 + final norm 2560
     assert n == 36 * 100_930_816 + 151_936 * 2560 + 2560 == 4_022_468_096
-    kv = policy.wave_kv_positions(config.parse_config(["--recipe", "paper"]), world=8)
+    kv = memory.wave_kv_positions(config.parse_config(["--recipe", "paper"]), world=8)
     assert kv == 163_840 + 16 * 16_384
-    m = policy.memory_estimate(n, cfg, kv)
+    m = memory.memory_estimate(n, cfg, kv)
     assert m["weights"] == m["grads"] == 4 * n and m["adamw"] == 8 * n and m["sampler"] == 2 * n
     assert m["ddp_buckets"] == 0
     assert m["rollout_kv"] == 2 * 36 * 8 * 128 * 2 * 425_984 == 62_813_896_704  # 147,456 bytes a token
     assert m["total"] == 18 * 4_022_468_096 + 62_813_896_704 == 135_218_322_432  # 125.9 GiB: not 80 GB
-    assert policy.memory_estimate(n, cfg, kv, bucket_view=False)["total"] == m["total"] + 4 * n
+    assert memory.memory_estimate(n, cfg, kv, bucket_view=False)["total"] == m["total"] + 4 * n
     # without a KV budget all of a rank's prompts of a round share one wave
     cfg0 = config.parse_config(["--recipe", "paper", "--kv-budget-tokens", "0"])
-    assert policy.wave_kv_positions(cfg0, world=8) == 512 // 8 * (163_840 + 16 * 16_384)
+    assert memory.wave_kv_positions(cfg0, world=8) == 512 // 8 * (163_840 + 16 * 16_384)
 
 
 # -----------------------------------------------------------------------------

@@ -256,13 +256,14 @@ def advantages(kept: list, cfg: Config) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # Steps 7-9: training forward, loss, one synced backward, clip, AdamW
 
-def logprobs(run: Run, net: nn.Module, rows: Rows, mb: list) -> torch.Tensor:
-    """[b, T] log-probs of the response tokens of rows `mb` under `net` (a policy.Policy, maybe under
-    DDP / FSDP2). --shared-prefix packs each group as [prompt, r_1, ..., r_G], its prompt run once;
+def logprobs(run: Run, rows: Rows, mb: list, through: nn.Module = None) -> torch.Tensor:
+    """[b, T] log-probs of the response tokens of rows `mb` under run.policy (or `through`: the frozen
+    reference, or the policy outside its DDP wrapper). --shared-prefix packs each group as [prompt, r_1, ..., r_G], its prompt run once;
     the per-row forward runs it G times and stays as the reference (equal to 1e-5, test_policy.py)."""
+    through = run.policy if through is None else through
     if run.cfg.shared_prefix:
-        return policy.forward_logprobs_shared(net, rows, mb, run.tok.pad_token_id, run.device, run.cfg.attention)
-    return policy.forward_logprobs(net, rows, mb, run.tok.pad_token_id, run.device)
+        return policy.forward_logprobs_shared(through, rows, mb, run.tok.pad_token_id, run.device, run.cfg.attention)
+    return policy.forward_logprobs(through, rows, mb, run.tok.pad_token_id, run.device)
 
 
 def micro_batches(run: Run, rows: Rows, part: list) -> list:
@@ -286,7 +287,7 @@ def old_logprobs(run: Run, rows: Rows):
     with torch.no_grad(), run.autocast():
         for mb in micro_batches(run, rows, list(range(len(rows.prompts)))):
             if mb:
-                old_lp[mb] = logprobs(run, policy.unwrap(run.policy), rows, mb)
+                old_lp[mb] = logprobs(run, rows, mb, policy.unwrap(run.policy))
             else:
                 policy.dummy_logprobs(run.policy, run.device)
     return old_lp
@@ -305,7 +306,7 @@ def dummy_backward(run: Run):
 def kl_penalty(run: Run, rows: Rows, mb: list, lp: torch.Tensor, n_tok: float) -> torch.Tensor:
     """--kl-coef: k3 KL to the frozen initial policy, a share of the global token mean (off in the paper)."""
     with torch.no_grad():
-        ref_lp = logprobs(run, run.ref, rows, mb)
+        ref_lp = logprobs(run, rows, mb, run.ref)
     mask = rows.mask[mb].to(run.device)
     return run.cfg.kl_coef * (grpo.kl_k3(lp, ref_lp) * mask).sum() / max(n_tok, 1)
 
@@ -353,7 +354,7 @@ def update(run: Run, rows: Rows, adv: torch.Tensor) -> dict:
                 if not mb:  # this rank has no rows here: a zero pass keeps the collectives in step
                     dummy_backward(run)
                     continue
-                lp = logprobs(run, run.policy, rows, mb)                            # [b, T], with grad
+                lp = logprobs(run, rows, mb)                                        # [b, T], with grad
                 mask = rows.mask[mb].to(dev)
                 old = old_lp[mb] if old_lp is not None else lp.detach()
                 is_w, m_is = (grpo.rollout_is_weights(old, rows.rollout_lp[mb].to(dev), mask)
