@@ -13,6 +13,8 @@ answer in the type its metric reads (the released format); a malformed record is
 file, the line and the field, and so is a gold its metric could not score (checked by rewards.parse_gold,
 the code that scores it). The paper drops prompts longer than the context budget;
 encode_prompts does that by default and can instead cut the middle of the longest document.
+What a step generates from the prompts is a Rows (one response per row, its reward, task and
+sampler log-probs): what the update trains on and the metrics read.
 """
 
 import dataclasses
@@ -23,7 +25,9 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
+
+import torch
 
 import rewards
 
@@ -384,6 +388,59 @@ def encode_prompts(samples: Sequence[Sample], tokenizer, max_prompt_tokens: int,
     if counts["dropped_too_long"] or counts["truncated"]:
         log.warning("prompts over %d tokens: %s", max_prompt_tokens, counts)
     return ids, kept, counts
+
+
+# -----------------------------------------------------------------------------
+# Sampled rows: what a step generated, one response per row, as the update and the metrics read them
+
+class Record(NamedTuple):
+    """One generated row as every rank sees it after the gather: small, no token ids."""
+    group: tuple      # globally unique prompt label (step, round, rank, index)
+    task: str
+    reward: float
+    length: int       # response tokens
+    truncated: bool   # no EOS before max_new_tokens
+    format_ok: bool   # the thinking-format gate passed
+
+
+@dataclass
+class Rows:
+    """This rank's sampled responses, one row each, prompt-major (row i answers prompt i // n)."""
+    prompts: list        # [R] prompt token ids (list[int]), shared by the n rows of a prompt
+    tokens: torch.Tensor     # [R, T] response tokens, pad after EOS
+    mask: torch.Tensor       # [R, T] bool, True on response tokens (EOS included)
+    rollout_lp: torch.Tensor  # [R, T] float32 log-probs the sampler computed
+    rewards: list        # [R] floats
+    tasks: list          # [R] task names
+    groups: list         # [R] globally unique prompt labels (step, round, rank, index)
+    truncated: list      # [R] bools: no EOS before max_new_tokens
+    format_ok: list      # [R] bools: the thinking-format gate passed
+
+    @staticmethod
+    def cat(parts: list) -> "Rows":
+        """Rows of several generation rounds in one, response width padded to the widest."""
+        if not parts:  # a rank that drew no prompt
+            e = torch.zeros(0, 1)
+            return Rows([], e.long(), e.bool(), e, [], [], [], [], [])
+        T = max(p.tokens.shape[1] for p in parts)
+        pad = lambda x, v: torch.nn.functional.pad(x, (0, T - x.shape[1]), value=v)
+        flat = lambda name: [x for p in parts for x in getattr(p, name)]
+        return Rows(flat("prompts"), torch.cat([pad(p.tokens, 0) for p in parts]),
+                    torch.cat([pad(p.mask, False) for p in parts]),
+                    torch.cat([pad(p.rollout_lp, 0.0) for p in parts]), flat("rewards"), flat("tasks"),
+                    flat("groups"), flat("truncated"), flat("format_ok"))
+
+    def select(self, keep: list) -> "Rows":
+        idx = torch.tensor(keep, dtype=torch.long)
+        pick = lambda xs: [xs[i] for i in keep]
+        return Rows(pick(self.prompts), self.tokens[idx], self.mask[idx], self.rollout_lp[idx],
+                    pick(self.rewards), pick(self.tasks), pick(self.groups), pick(self.truncated),
+                    pick(self.format_ok))
+
+    def records(self) -> list:
+        """[R] Record of each row (what the other ranks need to know about it)."""
+        return [Record(*x) for x in zip(self.groups, self.tasks, self.rewards, self.mask.sum(1).tolist(),
+                                        self.truncated, self.format_ok)]
 
 
 # -----------------------------------------------------------------------------

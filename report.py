@@ -72,7 +72,7 @@ def update_tokens(rows, parts: list, budget: int, shared_prefix: bool) -> tuple[
     """(tokens the update's forward actually runs, their per-row equivalent) for this rank's kept rows.
     Per row a prompt counts once per response (what a per-row trainer such as TRL's runs); the
     shared-prefix forward runs it once per packed group or sub-group of a micro-batch.
-    rows: the trainer's Rows (prompts, mask); parts: the row indices of each optimizer step, as the
+    rows: data.Rows (prompts, mask); parts: the row indices of each optimizer step, as the
     update splits them; budget: --micro-batch-tokens."""
     idx = list(range(len(rows.prompts)))
     per_row = sum(len(rows.prompts[i]) + int(rows.mask[i].sum()) for i in idx)
@@ -116,6 +116,80 @@ def append_jsonl(path: Path, records: list):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.writelines(json_line(x) for x in records)
+
+
+# -----------------------------------------------------------------------------
+# What the model wrote: responses in samples.jsonl and evals.jsonl, cut to a readable length
+
+SHOWN_CHARS = 2000  # a response longer than this is cut in samples.jsonl and evals.jsonl, its length kept
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> dict:
+    """{"response": text} or, past `limit` characters, its start with a note and the original length."""
+    if len(text) <= limit:
+        return {"response": text}
+    return {"response": text[:limit] + f" [... cut: {len(text)} characters in all]",
+            "response_chars": len(text)}
+
+
+def shorten_responses(shown: dict) -> dict:
+    """evaluate's {task: {"id", "response", "score"}} with each response shortened (shorten)."""
+    return {t: {**x, **shorten(x["response"])} for t, x in shown.items()}
+
+
+def responses_to_show(samples: list, texts: list, scores: list, n: int, limit: int, seen: set) -> list:
+    """Up to `limit` rows for samples.jsonl: the first response of each task not in `seen` (sample id,
+    task, reward, the response cut by shorten). texts, scores: [R], prompt-major, n per prompt."""
+    out = []
+    for j, s in enumerate(samples):
+        if len(out) >= limit:
+            break
+        if s.task not in seen:
+            seen.add(s.task)
+            out.append({"id": s.id, "task": s.task, "reward": scores[j * n], **shorten(texts[j * n])})
+    return out
+
+
+# -----------------------------------------------------------------------------
+# The console: the config at start, one line per step (rank 0)
+
+# Short labels of the nine tasks in the step line (the README lists them); metrics.jsonl keeps full names.
+TASK_LABELS = {"precise_retrieval": "ret", "comprehension": "mcq", "exhaustive_retrieval": "exh",
+               "numerical_reasoning": "num", "structured_extraction": "tab", "structured_matching": "match",
+               "graded_ranking": "rank", "sequence_ordering": "order", "summarization": "summ"}
+
+
+def task_order(names) -> list:
+    """Task names in the README's order (data.TASK_NAMES), any other name after them."""
+    known = [t for t in data.TASK_NAMES if t in names]
+    return known + sorted(set(names) - set(known))
+
+
+def config_text(cfg, defaults, saved_to) -> str:
+    """The fields that differ from the defaults as aligned `key = value` lines, and where all are.
+    cfg, defaults: the run's config.Config and Config()."""
+    diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(defaults, k)}
+    where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
+    if not diff:
+        return f"config: the defaults ({where})"
+    w = max(map(len, diff))
+    return f"config, fields not at their default ({where}):\n" + "\n".join(
+        f"  {k:<{w}} = {v!r}" for k, v in diff.items())
+
+
+def step_line(m: dict, names: list) -> str:
+    """One line per training step: reward overall and per task ("-": not in this step's batch)."""
+    per = " ".join(f"{TASK_LABELS.get(t, t)} " + (f"{m[f'reward/{t}/mean']:.2f}" if f"reward/{t}/mean" in m else "-")
+                   for t in names)
+    return (f"step {m['step']}: reward {m['reward/all/mean']:.3f} | {per} | kept {m['kept_prompts']}"
+            f" | clipfrac {m.get('pg_clipfrac', 0):.3f} | rollout {m.get('rollout_s', 0):.1f}s"
+            f" update {m['update_s']:.1f}s")
+
+
+def log_step(bar, m: dict, names: list):
+    """One line per step on rank 0 (step_line above), and the progress bar's postfix."""
+    bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
+    bar.write(step_line(m, names))
 
 
 # -----------------------------------------------------------------------------
@@ -180,80 +254,6 @@ def eval_record(step, m: dict, samples: int, prompts: list, shown: dict, weights
     (shortened); weights names what --eval-only evaluated."""
     return {"step": step, **({"checkpoint": weights} if weights else {}), **m, "eval_samples": samples,
             "prompts": prompts, "responses": shorten_responses(shown)}
-
-# -----------------------------------------------------------------------------
-# The console: the config at start, one line per step (rank 0)
-
-# Short labels of the nine tasks in the step line (the README lists them); metrics.jsonl keeps full names.
-TASK_LABELS = {"precise_retrieval": "ret", "comprehension": "mcq", "exhaustive_retrieval": "exh",
-               "numerical_reasoning": "num", "structured_extraction": "tab", "structured_matching": "match",
-               "graded_ranking": "rank", "sequence_ordering": "order", "summarization": "summ"}
-
-
-def task_order(names) -> list:
-    """Task names in the README's order (data.TASK_NAMES), any other name after them."""
-    known = [t for t in data.TASK_NAMES if t in names]
-    return known + sorted(set(names) - set(known))
-
-
-def config_text(cfg, defaults, saved_to) -> str:
-    """The fields that differ from the defaults as aligned `key = value` lines, and where all are.
-    cfg, defaults: the run's config.Config and Config()."""
-    diff = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(defaults, k)}
-    where = f"all fields in {saved_to}" if saved_to else "all fields: python train.py --help"
-    if not diff:
-        return f"config: the defaults ({where})"
-    w = max(map(len, diff))
-    return f"config, fields not at their default ({where}):\n" + "\n".join(
-        f"  {k:<{w}} = {v!r}" for k, v in diff.items())
-
-
-def step_line(m: dict, names: list) -> str:
-    """One line per training step: reward overall and per task ("-": not in this step's batch)."""
-    per = " ".join(f"{TASK_LABELS.get(t, t)} " + (f"{m[f'reward/{t}/mean']:.2f}" if f"reward/{t}/mean" in m else "-")
-                   for t in names)
-    return (f"step {m['step']}: reward {m['reward/all/mean']:.3f} | {per} | kept {m['kept_prompts']}"
-            f" | clipfrac {m.get('pg_clipfrac', 0):.3f} | rollout {m.get('rollout_s', 0):.1f}s"
-            f" update {m['update_s']:.1f}s")
-
-
-def log_step(bar, m: dict, names: list):
-    """One line per step on rank 0 (step_line above), and the progress bar's postfix."""
-    bar.set_postfix(reward=f"{m['reward/all/mean']:.3f}", kept=m["kept_prompts"], s=f"{m['step_s']:.0f}")
-    bar.write(step_line(m, names))
-
-
-# -----------------------------------------------------------------------------
-# What the model wrote: responses in samples.jsonl and evals.jsonl, cut to a readable length
-
-SHOWN_CHARS = 2000  # a response longer than this is cut in samples.jsonl and evals.jsonl, its length kept
-
-
-def shorten(text: str, limit: int = SHOWN_CHARS) -> dict:
-    """{"response": text} or, past `limit` characters, its start with a note and the original length."""
-    if len(text) <= limit:
-        return {"response": text}
-    return {"response": text[:limit] + f" [... cut: {len(text)} characters in all]",
-            "response_chars": len(text)}
-
-
-def shorten_responses(shown: dict) -> dict:
-    """evaluate's {task: {"id", "response", "score"}} with each response shortened (shorten)."""
-    return {t: {**x, **shorten(x["response"])} for t, x in shown.items()}
-
-
-def responses_to_show(samples: list, texts: list, scores: list, n: int, limit: int, seen: set) -> list:
-    """Up to `limit` rows for samples.jsonl: the first response of each task not in `seen` (sample id,
-    task, reward, the response cut by shorten). texts, scores: [R], prompt-major, n per prompt."""
-    out = []
-    for j, s in enumerate(samples):
-        if len(out) >= limit:
-            break
-        if s.task not in seen:
-            seen.add(s.task)
-            out.append({"id": s.id, "task": s.task, "reward": scores[j * n], **shorten(texts[j * n])})
-    return out
-
 
 # -----------------------------------------------------------------------------
 # The reward plot and the end-of-run summary

@@ -337,7 +337,7 @@ def test_json_line_writes_null_for_non_finite_numbers():
 
 
 def test_metrics_with_nothing_kept_are_strict_json():
-    light = [train.Record((1, 0, 0, 0), "qa", 0.5, 3, False, True)] * 4  # one group, all equal: nothing kept
+    light = [data.Record((1, 0, 0, 0), "qa", 0.5, 3, False, True)] * 4  # one group, all equal: nothing kept
     m = report.step_metrics(light, [], torch.zeros(0), alpha=0.8)
     assert math.isnan(m["difficulty/mean_pass_rate"])
     assert strict_json(report.json_line(m))["difficulty/mean_pass_rate"] is None
@@ -353,7 +353,7 @@ def test_finite_rewards_reports_and_zeroes_non_finite(capsys):
 def test_nan_reward_does_not_poison_the_advantages():
     """The rewards that reach advantages() are finite, so every advantage is (TMN averages tasks)."""
     r, _ = train.finite_rewards([0.0, 1.0, float("nan"), 1.0, 0.0, 1.0], ["a"] * 4 + ["b"] * 2)
-    kept = [train.Record(g, t, x, 3, False, True)
+    kept = [data.Record(g, t, x, 3, False, True)
             for g, t, x in zip([0, 0, 1, 1, 2, 2], ["a"] * 4 + ["b"] * 2, r)]
     adv = train.advantages(kept, config.Config())
     assert torch.isfinite(adv).all() and (adv != 0).any()

@@ -33,7 +33,7 @@ def make_model(family: str):
 
 
 def make_rows(vocab: int, prompt_lens, group_sizes, T: int = 7, eos: int = 2, seed: int = 1):
-    """Rows as train.Rows holds them (prompt-major, the n rows of a prompt share its list): responses
+    """Rows as data.Rows holds them (prompt-major, the n rows of a prompt share its list): responses
     of T tokens where EOS lands at a different step per row, then pad 0 and mask False. One row of
     the last group has no response token at all (a row the forward must skip, not break on)."""
     g = torch.Generator().manual_seed(seed)

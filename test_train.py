@@ -96,7 +96,7 @@ def test_training_forward_equals_full_logits(tiny):
     prompts = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in (5, 9, 3)]
     toks = torch.randint(0, 1000, (3, 6), generator=g)
     mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 4 + [0] * 2], dtype=torch.bool)
-    rows = train.Rows(prompts, toks, mask, torch.zeros(3, 6), [0.0] * 3, ["t"] * 3, [0, 1, 2],
+    rows = data.Rows(prompts, toks, mask, torch.zeros(3, 6), [0.0] * 3, ["t"] * 3, [0, 1, 2],
                       [False] * 3, [True] * 3)
     net = policy.Policy(lm, temperature=0.7, chunk=4)
     got = policy.forward_logprobs(net, rows, [0, 1, 2], pad_id=151643, device=torch.device("cpu"))
@@ -110,7 +110,7 @@ def test_training_forward_equals_full_logits(tiny):
 
 
 def test_micro_batches_respect_the_token_budget():
-    rows = train.Rows([[1] * 10, [1] * 50, [1] * 10, [1] * 10], torch.zeros(4, 5, dtype=torch.long),
+    rows = data.Rows([[1] * 10, [1] * 50, [1] * 10, [1] * 10], torch.zeros(4, 5, dtype=torch.long),
                       torch.ones(4, 5, dtype=torch.bool), torch.zeros(4, 5), [0.0] * 4, ["t"] * 4,
                       [0] * 4, [False] * 4, [True] * 4)
     mbs = policy.micro_batches(rows, [0, 1, 2, 3], budget=60)
@@ -362,7 +362,7 @@ def test_every_flag_passes_through_torchrun():
 def test_update_tokens_count_a_shared_prompt_once_and_per_row_once_per_response():
     """update_tokens_per_s is what the forward really runs; update_row_tokens_per_s the per-row count."""
     p1, p2 = list(range(3, 103)), list(range(5, 105))  # two prompts of 100 tokens, 4 responses of 5
-    rows = train.Rows([p1] * 4 + [p2] * 4, torch.ones(8, 5, dtype=torch.long), torch.ones(8, 5, dtype=torch.bool),
+    rows = data.Rows([p1] * 4 + [p2] * 4, torch.ones(8, 5, dtype=torch.long), torch.ones(8, 5, dtype=torch.bool),
                       torch.zeros(8, 5), [0.0] * 8, ["t"] * 8, [1] * 4 + [2] * 4, [False] * 8, [True] * 8)
     parts = train.mini_batch_parts(rows, config.Config())  # one optimizer step: all 8 rows
     assert report.update_tokens(rows, parts, 10_000, shared_prefix=True) == (2 * (100 + 4 * 5), 8 * 105)

@@ -52,61 +52,12 @@ import rewards
 import rollout
 import tmn
 from config import Config, parse_config
+from data import Record, Rows
 from harness import Run, all_reduce_list, gather, seconds_since
 
 
 # -----------------------------------------------------------------------------
-# Steps 2-3: sample n responses per prompt and score them (this rank's prompts only)
-
-class Record(NamedTuple):
-    """One generated row as every rank sees it after the gather: small, no token ids."""
-    group: tuple      # globally unique prompt label (step, round, rank, index)
-    task: str
-    reward: float
-    length: int       # response tokens
-    truncated: bool   # no EOS before max_new_tokens
-    format_ok: bool   # the thinking-format gate passed
-
-
-@dataclass
-class Rows:
-    """This rank's sampled responses, one row each, prompt-major (row i answers prompt i // n)."""
-    prompts: list        # [R] prompt token ids (list[int]), shared by the n rows of a prompt
-    tokens: torch.Tensor     # [R, T] response tokens, pad after EOS
-    mask: torch.Tensor       # [R, T] bool, True on response tokens (EOS included)
-    rollout_lp: torch.Tensor  # [R, T] float32 log-probs the sampler computed
-    rewards: list        # [R] floats
-    tasks: list          # [R] task names
-    groups: list         # [R] globally unique prompt labels (step, round, rank, index)
-    truncated: list      # [R] bools: no EOS before max_new_tokens
-    format_ok: list      # [R] bools: the thinking-format gate passed
-
-    @staticmethod
-    def cat(parts: list) -> "Rows":
-        """Rows of several generation rounds in one, response width padded to the widest."""
-        if not parts:  # a rank that drew no prompt
-            e = torch.zeros(0, 1)
-            return Rows([], e.long(), e.bool(), e, [], [], [], [], [])
-        T = max(p.tokens.shape[1] for p in parts)
-        pad = lambda x, v: torch.nn.functional.pad(x, (0, T - x.shape[1]), value=v)
-        flat = lambda name: [x for p in parts for x in getattr(p, name)]
-        return Rows(flat("prompts"), torch.cat([pad(p.tokens, 0) for p in parts]),
-                    torch.cat([pad(p.mask, False) for p in parts]),
-                    torch.cat([pad(p.rollout_lp, 0.0) for p in parts]), flat("rewards"), flat("tasks"),
-                    flat("groups"), flat("truncated"), flat("format_ok"))
-
-    def select(self, keep: list) -> "Rows":
-        idx = torch.tensor(keep, dtype=torch.long)
-        pick = lambda xs: [xs[i] for i in keep]
-        return Rows(pick(self.prompts), self.tokens[idx], self.mask[idx], self.rollout_lp[idx],
-                    pick(self.rewards), pick(self.tasks), pick(self.groups), pick(self.truncated),
-                    pick(self.format_ok))
-
-    def records(self) -> list:
-        """[R] Record of each row (what the other ranks need to know about it)."""
-        return [Record(*x) for x in zip(self.groups, self.tasks, self.rewards, self.mask.sum(1).tolist(),
-                                        self.truncated, self.format_ok)]
-
+# Steps 2-3: sample n responses per prompt and score them (this rank's prompts only), as data.Rows
 
 class Sampling(NamedTuple):
     """How to sample: training uses the config's settings, evaluation the paper's validation ones."""
@@ -372,8 +323,7 @@ def update(run: Run, rows: Rows, adv: torch.Tensor) -> dict:
         skipped += was_skipped
     if skipped < cfg.mini_batches:
         run.scheduler.step()  # the schedule counts batches that updated the weights
-    return {**{k: v / max(n_mb, 1) for k, v in sums.items()},
-            "grad_norm": norm,   # of the last mini-batch
+    return {**{k: v / max(n_mb, 1) for k, v in sums.items()}, "grad_norm": norm,  # of the last mini-batch
             "skipped_steps": float(skipped), "state_gib": run.state_bytes / 2**30}
 
 
@@ -428,8 +378,7 @@ def evaluate(run: Run, samples: list, prompt_ids: list) -> tuple[dict, list, dic
         for task, (i, ex) in f.items():
             if task not in shown or i < shown[task][0]:
                 shown[task] = (i, ex)
-    m, shown = report.task_scores(prompts), {t: shown[t][1] for t in sorted(shown)}
-    return m, prompts, shown
+    return report.task_scores(prompts), prompts, {t: shown[t][1] for t in sorted(shown)}
 
 
 def evaluate_and_log(run: Run, step, eval_set: list, eval_ids: list, weights: str = "") -> tuple[dict, dict]:
