@@ -22,7 +22,7 @@ resume, save), config.py (the flags) and report.py (what is printed and written)
 
 How this differs from the paper's released code (a verl fork): plain torch DDP (default) or torch's
 FSDP2 (--shard fsdp: weights, gradients and AdamW states sharded across GPUs) replaces verl's FSDP,
-and there is no sequence parallelism (README: Memory, and Scaling past one GPU: FSDP2); generation is
+and there is no sequence parallelism (README: Memory); generation is
 our own loop (rollout.py) instead of vLLM; the trainer keeps float32 master weights and runs
 bf16 autocast on CUDA.
 """
