@@ -493,6 +493,7 @@ def bench_learn_tasks(args):
                     g, se = paired(a, r, ids)
                     diffs.append(f"{task} {g:+.3f} ± {se:.3f}")
                 print(f"{arm} - {first} at lr {lr:g}: " + ", ".join(diffs))
+    plot_learn_tasks(out, trained, ["base", *results])
     print(f"learn-tasks: {time.perf_counter() - t0:.0f} s in all")
 
 
@@ -521,6 +522,37 @@ def show_advantages(samples: list, rewards_of: list):
         print(f"  {task:22s} {len(px):7d} {float(px.mean()):8.3f} {float(px.std()):7.3f} " + " ".join(
             f"{float(a[rows].abs().mean()):.2f} ({float(per_prompt(a).min()):.2f}-{float(per_prompt(a).max()):.2f})"
             .rjust(16) for a in adv.values()))
+
+
+def plot_learn_tasks(out, tasks_trained: list, names: list):
+    """out/learn_tasks.png from the runs' files: training reward per step (left) and held-out reward per
+    task with its standard error (right), one colour per run. Needs matplotlib (optional: skipped)."""
+    import json
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        if (out / name / "metrics.jsonl").exists():
+            r = [json.loads(l)["reward/all/mean"] for l in open(out / name / "metrics.jsonl")]
+            left.plot(range(1, len(r) + 1), r, marker="o", ms=3, label=name, color=f"C{k}")
+        ev = json.loads((out / name / "evals.jsonl").read_text().splitlines()[-1])
+        xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(tasks_trained) + 1)]
+        keys = tasks_trained + ["mean"]
+        right.bar(xs, [ev[f"eval/{t}"] for t in keys], width, yerr=[ev[f"eval_se/{t}"] for t in keys],
+                  label=name, color=f"C{k}", capsize=2)
+    left.set_xlabel("step"), left.set_ylabel("training reward (mean over the step's samples)")
+    right.set_xticks(range(len(tasks_trained) + 1), [t.replace("_", "\n") for t in tasks_trained] + ["mean"])
+    right.set_ylabel("held-out reward (± SE)"), right.legend(fontsize=7), left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "learn_tasks.png", dpi=110)
+    plt.close(fig)
+    print(f"wrote {out / 'learn_tasks.png'}")
 
 
 def mean_se_of(scores: dict, ids: list) -> str:
