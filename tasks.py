@@ -567,13 +567,13 @@ def filter_by_difficulty(samples: Sequence[Sample], solve_rates: Sequence[float]
     return kept, counts
 
 
-def measure_solve_rates(samples: Sequence[Sample], model_path: str, *, n: int = 8, max_new_tokens: int = 256,
-                        threshold: float = 0.5, seed: int = 0, prompts_per_call: int = 4) -> list[float]:
-    """Sample each prompt n times with the model at `model_path` (temperature 1, the training sampler)
-    and return each prompt's solve rate under rewards.score. A response ends at the same ids as in
-    training (policy.eos_token_ids: the tokenizer's EOS, the generation config's, ChatML's), so the
-    filter scores the responses training would see. Prompts are encoded with the model's own
-    tokenizer; a prompt too long for it raises (build with that tokenizer's budget)."""
+def measure_rewards(samples: Sequence[Sample], model_path: str, *, n: int = 8, max_new_tokens: int = 256,
+                    temperature: float = 1.0, seed: int = 0, prompts_per_call: int = 4) -> list[list[float]]:
+    """Sample each prompt n times with the model at `model_path` (temperature 1 by default, the paper's
+    training sampler) and return each prompt's n rewards under rewards.score. A response ends at the
+    same ids as in training (policy.eos_token_ids: the tokenizer's EOS, the generation config's,
+    ChatML's), so the filter scores the responses training would see. Prompts are encoded with the
+    model's own tokenizer; a prompt too long for it raises (build with that tokenizer's budget)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import policy  # imported here so `import tasks` stays cheap (no torch)
@@ -583,17 +583,25 @@ def measure_solve_rates(samples: Sequence[Sample], model_path: str, *, n: int = 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     eos = policy.eos_token_ids(tok, model)  # where training ends a response
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
-    rates = []
+    out = []
     for a in range(0, len(samples), prompts_per_call):
         chunk = samples[a:a + prompts_per_call]
         prompts = [chat_ids(tok, s.prompt) for s in chunk]
-        out = rollout.generate(model, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        gen = rollout.generate(model, prompts, n, max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,
                                eos_token_ids=eos, pad_token_id=pad, seed=seed + a)
         for j, s in enumerate(chunk):  # rows are prompt-major: prompt j owns rows j*n .. j*n+n-1
-            texts = [tok.decode(out.tokens[r][out.mask[r].bool()], skip_special_tokens=True)
+            texts = [tok.decode(gen.tokens[r][gen.mask[r].bool()], skip_special_tokens=True)
                      for r in range(j * n, (j + 1) * n)]
-            rates.append(solve_rate([rewards.score(s.task, t, s.answer) for t in texts], threshold))
-    return rates
+            out.append([rewards.score(s.task, t, s.answer) for t in texts])
+    return out
+
+
+def measure_solve_rates(samples: Sequence[Sample], model_path: str, *, n: int = 8, max_new_tokens: int = 256,
+                        threshold: float = 0.5, seed: int = 0, prompts_per_call: int = 4) -> list[float]:
+    """Each prompt's solve rate (see solve_rate) over n samples of measure_rewards."""
+    per_prompt = measure_rewards(samples, model_path, n=n, max_new_tokens=max_new_tokens, seed=seed,
+                                 prompts_per_call=prompts_per_call)
+    return [solve_rate(r, threshold) for r in per_prompt]
 
 
 # -----------------------------------------------------------------------------

@@ -251,6 +251,16 @@ def test_measure_solve_rates_with_a_tiny_model(tiny_model_dir, built_default):
     assert tasks.measure_solve_rates(samples, str(tiny_model_dir), n=2, max_new_tokens=4, threshold=0.0) == [1.0, 1.0]
 
 
+def test_measure_rewards_gives_each_prompt_its_n_rewards_reproducibly(tiny_model_dir, built_default):
+    pytest.importorskip("rollout")
+    samples = [built_default[0], built_default[12], built_default[24]]
+    got = tasks.measure_rewards(samples, str(tiny_model_dir), n=3, max_new_tokens=4, temperature=0.6, seed=5,
+                                prompts_per_call=2)  # 2 calls: the second chunk's rows map back to prompt 3
+    assert [len(r) for r in got] == [3, 3, 3] and all(0.0 <= x <= 1.0 for r in got for x in r)
+    assert got == tasks.measure_rewards(samples, str(tiny_model_dir), n=3, max_new_tokens=4, temperature=0.6,
+                                        seed=5, prompts_per_call=2)
+
+
 
 def test_filter_stops_on_the_training_eos_ids(tiny_model_dir, built_default, monkeypatch):
     """The filter's responses end where training's do: policy.eos_token_ids, which for the Qwen
