@@ -353,7 +353,7 @@ def bench_learn(args):
 LEARN_CONTEXT = 400     # tokens per built prompt (tasks.py's smallest context): 135M on 2 cores
 LEARN_NEW = 48          # tokens per response, as the default run
 LEARN_T = 0.6           # training and eval temperature: at 1.0 the 135M model writes noise (see README)
-LEARN_LR = 3e-5         # chosen by the sweep in the README
+LEARN_LR = 1e-5         # chosen by the sweep in the README
 LEARN_MIN_PROMPTS = 4   # a task is trained only if this many of its pool prompts have varied rewards
 
 
@@ -376,7 +376,9 @@ def bench_learn_tasks(args):
     3. For each --learn-arms estimator and --learn-lrs learning rate: `python train.py` on the kept prompts,
        task-balanced (the same number of each task's prompts in every step), G = 8; then the held-out set.
     4. Print, per task, the base score, each arm's score and its paired gain over the base (mean +- SE over
-       prompts), and whether the gain exceeds 2 SE. Every run's folder stays on disk for a look."""
+       prompts), and whether the gain exceeds 2 SE. Every run's folder stays on disk for a look; a rerun
+       in the same --learn-dir reuses the filter and every finished run whose arguments and data match."""
+    import hashlib
     import json
     import subprocess
     import sys
@@ -437,18 +439,25 @@ def bench_learn_tasks(args):
 
     steps = args.learn_tasks_steps
     per_step = args.learn_prompts_per_task * len(trained)
+    data_hash = hashlib.sha256((out / "train.jsonl").read_bytes() + (out / "heldout.jsonl").read_bytes()).hexdigest()
     common = ["--data", str(out / "train.jsonl"), "--eval-data", str(out / "heldout.jsonl"), "--group-size", "8",
               "--prompts-per-step", str(per_step),  # also the eval's chunk: as many rows as a training round
               "--eval-samples", str(args.learn_eval_samples), "--max-new-tokens", str(LEARN_NEW),
               "--temperature", str(LEARN_T), "--seed", "0"]
 
-    def run(name, extra):  # -> the last evals.jsonl line of out/name; stdout and stderr in out/name.log
+    def run(name, extra):  # -> (the last evals.jsonl line of out/name, seconds); its output in out/name.log
+        argv = [*common, "--out-dir", str(out / name), *extra]
+        key = [argv, data_hash]  # written after a run finishes: a rerun with the same arguments and data reuses it
+        done = out / f"{name}.argv.json"
+        if done.exists() and json.loads(done.read_text()) == key:
+            print(f"{name}: reusing the finished run in {out / name} (same arguments)")
+            return json.loads((out / name / "evals.jsonl").read_text().splitlines()[-1]), 0.0
         t = time.perf_counter()
         with open(out / f"{name}.log", "w") as f:
-            subprocess.run([sys.executable, "train.py", *common, "--out-dir", str(out / name), "--overwrite",
-                            *extra], stdout=f, stderr=subprocess.STDOUT, check=True, cwd=Path(__file__).parent)
-        lines = (out / name / "evals.jsonl").read_text().splitlines()
-        return json.loads(lines[-1]), time.perf_counter() - t
+            subprocess.run([sys.executable, "train.py", *argv, "--overwrite"], stdout=f, stderr=subprocess.STDOUT,
+                           check=True, cwd=Path(__file__).parent)
+        done.write_text(json.dumps(key))
+        return json.loads((out / name / "evals.jsonl").read_text().splitlines()[-1]), time.perf_counter() - t
 
     base, secs = run("base", ["--eval-only"])
     print(f"base model on the held-out set: {secs:.0f} s")
@@ -458,9 +467,8 @@ def bench_learn_tasks(args):
             name = f"{arm}-lr{lr:g}"
             results[name], secs = run(name, [
                 "--advantage", arm, "--lr", f"{lr:g}", "--steps", str(steps), "--eval-every", str(steps),
-                "--task-balanced",
-                "--max-gen-rounds", "1", "--warmup-steps", "0", "--save-every", str(steps),
-                "--no-grad-checkpointing"])
+                "--task-balanced", "--max-gen-rounds", "1", "--warmup-steps", "0", "--save-every", str(steps),
+                "--no-grad-checkpointing"])  # one generation round and one save per run: time goes to steps
             train_r = [json.loads(l)["reward/all/mean"] for l in open(out / name / "metrics.jsonl")]
             k = max(1, len(train_r) // 4)
             print(f"{name}: {steps} steps of {per_step} prompts x 8 in {secs:.0f} s; training reward, first "
@@ -471,16 +479,14 @@ def bench_learn_tasks(args):
     b = score(base)
     print(f"\nheld-out reward, mean over prompts of {args.learn_eval_samples} samples at T = {LEARN_T} "
           f"(± SE); gain = paired difference from the base model on the same prompts")
-    print(f"{'task':22s} {'n':>3s} {'base':>13s} " + " ".join(f"{name:>30s}" for name in results))
+    print(f"{'task':22s} {'prompts':>7s} {'run':>18s} {'held-out':>14s} {'gain over base':>18s}")
     for task in trained + ["mean"]:
         ids = [p["id"] for p in base["prompts"] if task in ("mean", p["task"])]
-        row = f"{task:22s} {len(ids):3d} {mean_se_of(b, ids):>13s} "
+        print(f"{task:22s} {len(ids):7d} {'base':>18s} {mean_se_of(b, ids):>14s}")
         for name, ev in results.items():
-            a = score(ev)
-            g, se = paired(a, b, ids)
-            mark = "*" if g > 2 * se else " "
-            row += f" {mean_se_of(a, ids)} gain {g:+.3f} ± {se:.3f}{mark}"
-        print(row)
+            g, se = paired(score(ev), b, ids)
+            print(f"{'':30s} {name:>18s} {mean_se_of(score(ev), ids):>14s} {g:+9.3f} ± {se:.3f}"
+                  + (" *" if g > 2 * se else ""))
     print("* gain > 2 SE")
     if len(args.learn_arms) > 1:
         first = args.learn_arms[0]
