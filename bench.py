@@ -404,14 +404,16 @@ def bench_learn_tasks(args):
     pool = tasks.build_tasks(docs, tok, args.learn_pool, LEARN_CONTEXT, seed=0)
     cache = out / "filter.json"  # {prompt id: its 8 rewards}: a rerun in the same --learn-dir skips this
     known = json.loads(cache.read_text()) if cache.exists() else {}
+    how = f"reused from {cache}"
     if sorted(known) != sorted(s.id for s in pool):
+        how = "sampled"
         known = dict(zip([s.id for s in pool], tasks.measure_rewards(pool, model_dir, n=8, max_new_tokens=LEARN_NEW,
                                                                     temperature=LEARN_T)))
         cache.write_text(json.dumps(known))
     rewards_of = [known[s.id] for s in pool]
     varied = [s for s, r in zip(pool, rewards_of) if max(r) > min(r)]
-    print(f"filter: {len(pool)} prompts x 8 samples in {time.perf_counter() - t0:.0f} s; per task: prompts with "
-          "varied rewards / with any reward / pool, mean reward")
+    print(f"filter: {len(pool)} prompts x 8 samples, {how}, {time.perf_counter() - t0:.0f} s; per task: prompts "
+          "with varied rewards / with any reward / pool, mean reward")
     trained = []
     for task in data.TASK_NAMES:
         rs = [r for s, r in zip(pool, rewards_of) if s.task == task]
@@ -507,10 +509,10 @@ def bench_learn_tasks(args):
 
 
 def constant_answer(samples: list) -> tuple[str, float]:
-    """The best single reply for a set of prompts among their own gold answers written out as replies (picked
-    on these same prompts, so an upper bound for a guesser):
-    (reply, its mean score). When one gold dominates (a count that is almost always 2), a model can
-    score this much by learning to say it, whatever the document says."""
+    """(reply, its mean score): the best single reply for a set of prompts among their own gold answers
+    written out as replies, picked on these same prompts (an upper bound for a guesser). When one gold
+    dominates (a count that is almost always 2), a model can score this much by learning to say it,
+    whatever the document says."""
     import rewards
     written = {s.answer if isinstance(s.answer, str) else "\n".join(map(str, s.answer)) for s in samples}
     return max(((w, sum(rewards.score(s.task, w, s.answer) for s in samples) / len(samples)) for w in written),

@@ -576,7 +576,7 @@ def measure_rewards(samples: Sequence[Sample], model_path: str, *, n: int = 8, m
     model's own tokenizer; a prompt too long for it raises (build with that tokenizer's budget)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    import policy  # imported here so `import tasks` stays cheap (no torch)
+    import policy  # imported here: only measuring needs the model code (transformers)
     import rollout
 
     tok = AutoTokenizer.from_pretrained(model_path)
