@@ -2,7 +2,7 @@
 
     python bench.py                    # every section
     python bench.py --only rewards     # one section (list: --help)
-    python bench.py --only learn-tasks # held-out gains on the built tasks: GRPO, TMN, TMN-Reweight (~45 min)
+    python bench.py --only learn-tasks # held-out gains on the built tasks: GRPO, TMN, TMN-Reweight (~35 min)
     python bench.py --only trl         # one step here vs TRL's GRPOTrainer (pip install trl: bench only)
     python bench.py --only gpu         # the prepared check on a lent GPU (says so and returns on CPU)
     python bench.py --only rewards,logprobs   # several (or --only rewards --only logprobs)
