@@ -360,9 +360,13 @@ LEARN_MIN_PROMPTS = 4   # a task is trained only if this many of its pool prompt
 def paired(after: dict, before: dict, ids: list) -> tuple[float, float]:
     """Mean and standard error of after[i] - before[i] over prompts i (each a mean of K samples): the same
     prompts scored twice, so prompt difficulty cancels and the SE is the difference's own spread."""
-    d = [after[i] - before[i] for i in ids]
-    m = sum(d) / len(d)
-    return m, (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5 if len(d) > 1 else float("nan")
+    return mean_se([after[i] - before[i] for i in ids])
+
+
+def mean_se(xs: list) -> tuple[float, float]:
+    """Mean and standard error sd / sqrt(n) (sample sd, n - 1), as report.task_scores; NaN SE for n = 1."""
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5 if len(xs) > 1 else float("nan")
 
 
 def bench_learn_tasks(args):
@@ -581,9 +585,7 @@ def plot_learn_tasks(out, tasks_trained: list, names: list):
 
 def mean_se_of(scores: dict, ids: list) -> str:
     """"0.412 ± 0.051": mean and standard error over prompts `ids` of their scores."""
-    xs = [scores[i] for i in ids]
-    m = sum(xs) / len(xs)
-    se = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5 if len(xs) > 1 else float("nan")
+    m, se = mean_se([scores[i] for i in ids])
     return f"{m:.3f} ± {se:.3f}"
 
 
