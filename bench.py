@@ -738,7 +738,7 @@ def bench_trl(args):
         path = Path(tempfile.mkdtemp()) / "prompts.jsonl"
         data.save_jsonl(pick, path)
         res = {}
-        for way in ("ours", "trl"):
+        for way in args.trl_sides:
             code = TRL_WORKER.format(root=root, way=way, data=str(path), steps=steps, G=8, prompts=2, new=48,
                                      lr=1e-6, maxp=ctx + 1024)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
@@ -751,6 +751,8 @@ def bench_trl(args):
             print(f"{ctx:7d} {way:5s} {mean[0]:7.1f} {mean[1]:6.1f} {mean[2]:8.1f} {r['peak'] / 2**30:8.2f} "
                   f"{os.getloadavg()[0]:5.1f}", flush=True)
         rows.append((ctx, res))
+    if set(args.trl_sides) != {"ours", "trl"}:
+        return
     print("\nratios TRL / ours (higher = ours faster or smaller):")
     for ctx, res in rows:
         o, t = res["ours"], res["trl"]
@@ -861,6 +863,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trl-steps", type=int, default=2, help="measured steps per side in the trl section (default: 2)")
     p.add_argument("--trl-contexts", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 2048, 4096],
                    help="context lengths of the trl section, comma separated (default: 1024,2048,4096)")
+    p.add_argument("--trl-sides", type=lambda s: s.split(","), default=["ours", "trl"],
+                   help="which sides the trl section runs, comma separated (default: ours,trl; one side "
+                        "alone prints its rows and no ratios)")
     args = p.parse_args(argv)
     args.only = [name for arg in args.only for name in arg.split(",") if name]
     unknown = [name for name in args.only if name not in SECTIONS]

@@ -361,10 +361,10 @@ def make_optimizer(run: Run) -> tuple:
     cfg = run.cfg
     trained = policy.wrap(policy.Policy(run.model, cfg.temperature, cfg.logprob_chunk), cfg.shard, run.device,
                           run.world, run.log, bf16=cfg.precision == "bf16")
-    # fused on CUDA: one kernel per parameter group, without the foreach implementation's temporary
-    # copies of every moment (+4 bytes per parameter at the step, 16 GB at 4B)
-    optimizer = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=run.device.type == "cuda")
+    # fused, on CUDA and CPU alike: one kernel per parameter, without the foreach implementation's
+    # temporary copies of every moment (+4 bytes per parameter at the step, 16 GB at 4B). On CPU it
+    # is also 10x faster (bench.py --only profile: the AdamW line)
+    optimizer = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     warm = max(cfg.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
     return trained, optimizer, scheduler

@@ -160,7 +160,7 @@ def test_sampler_is_built_one_parameter_at_a_time(make_tiny_qwen3):
 
 
 def test_cuda_choices(tiny, monkeypatch):
-    """Fused AdamW on CUDA (no foreach temporaries); expandable segments set before CUDA starts."""
+    """Fused AdamW on CUDA and CPU (no foreach temporaries); expandable segments set before CUDA starts."""
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(tiny / "model")
@@ -169,7 +169,7 @@ def test_cuda_choices(tiny, monkeypatch):
     _, optimizer, _ = harness.make_optimizer(run)  # no tensor goes to the device here
     assert optimizer.defaults["fused"] is True
     _, optimizer, _ = harness.make_optimizer(harness.Run(cfg, 0, 1, torch.device("cpu"), print, model=model))
-    assert not optimizer.defaults["fused"]
+    assert optimizer.defaults["fused"] is True
     monkeypatch.setattr(harness, "setup_distributed", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         train.main(["--model", str(tiny / "model")])
