@@ -177,14 +177,21 @@ class SharedPrefixCache:
     def __init__(self, layers: int, prompt_lens: list[int], n: int, gen_capacity: int,
                  kv_heads: int, head_dim: int, dtype, device, path: str):
         P, Lmax = len(prompt_lens), max(prompt_lens)
-        shape_p, shape_g = (P, Lmax, kv_heads, head_dim), (P * n, gen_capacity, kv_heads, head_dim)
+        # The position axis: flash-attn reads [batch, seq, Hkv, D]; the torch kernels keep the heads
+        # first, [batch, Hkv, seq, D], so that their batched matmuls read the cache in place (in
+        # flash's layout every decode step would copy every prompt's K/V: a transpose that
+        # torch.matmul cannot hand to one batched GEMM, 1.2 s of a 6 s decode at 2K on CPU).
+        self.seq_dim = 1 if path == "flash" else 2
+        lay = (lambda b, s: (b, s, kv_heads, head_dim)) if path == "flash" else (lambda b, s: (b, kv_heads, s, head_dim))
+        shape_p, shape_g = lay(P, Lmax), lay(P * n, gen_capacity)
         # --- storage, one tensor per layer
         self.prompt_k = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
         self.prompt_v = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
-        # ^ [P, Lmax, Hkv, D]: one copy per prompt, read by all n rows of that prompt
+        # ^ [P, Lmax, Hkv, D] (flash; torch: [P, Hkv, Lmax, D]): one copy per prompt, read by all n rows
         self.gen_k = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
         self.gen_v = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
-        # ^ [A, gen_capacity, Hkv, D]: slot t holds the row's generated token t (preallocated)
+        # ^ [A, gen_capacity, Hkv, D] (torch: [A, Hkv, gen_capacity, D]): slot t holds the row's
+        # generated token t (preallocated)
         self.prompt_lens = torch.tensor(prompt_lens, device=device)  # [P] int64
         self.bytes = sum(t.numel() * t.element_size()  # allocated once: the wave's KV peak
                          for t in self.prompt_k + self.prompt_v + self.gen_k + self.gen_v)
@@ -239,7 +246,7 @@ class SharedPrefixCache:
             Lmax = int(self.prompt_lens.max())  # trim padding too
             for store in (self.prompt_k, self.prompt_v):
                 for i in range(len(store)):
-                    store[i] = store[i][:, :Lmax].index_select(0, p_idx)
+                    store[i] = store[i].narrow(self.seq_dim, 0, Lmax).index_select(0, p_idx)
             self.row_prompt = (live.cumsum(0) - 1)[self.row_prompt]  # old slot -> new slot
         return idx
 
@@ -259,8 +266,12 @@ def write_prompt_kv(cache: SharedPrefixCache, layer: int, k: Tensor, v: Tensor):
     """Each segment of the chunk writes its K/V into its prompt's slots [start, end)."""
     for seg in cache.segments:
         c = seg.end - seg.start
-        cache.prompt_k[layer][seg.prompt, seg.start:seg.end] = k[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
-        cache.prompt_v[layer][seg.prompt, seg.start:seg.end] = v[0, :, seg.q0:seg.q0 + c].transpose(0, 1)
+        for store, x in ((cache.prompt_k, k), (cache.prompt_v, v)):
+            part = x[0, :, seg.q0:seg.q0 + c]  # [Hkv, c, D]
+            if cache.seq_dim == 1:  # flash layout [P, L, Hkv, D]
+                store[layer][seg.prompt, seg.start:seg.end] = part.transpose(0, 1)
+            else:                   # torch layout [P, Hkv, L, D]
+                store[layer][seg.prompt, :, seg.start:seg.end] = part
 
 
 def prefill_torch(cache, layer, q, k, v, scale):
@@ -269,8 +280,8 @@ def prefill_torch(cache, layer, q, k, v, scale):
     out = torch.empty_like(q.transpose(1, 2))  # [1, S, H, D]
     for seg in cache.segments:
         c = seg.end - seg.start
-        keys = cache.prompt_k[layer][seg.prompt, :seg.end].transpose(0, 1)[None]  # [1, Hkv, end, D]
-        vals = cache.prompt_v[layer][seg.prompt, :seg.end].transpose(0, 1)[None]
+        keys = cache.prompt_k[layer][seg.prompt, :, :seg.end][None]  # [1, Hkv, end, D]
+        vals = cache.prompt_v[layer][seg.prompt, :, :seg.end][None]
         o = sdpa_lower_right(q[:, :, seg.q0:seg.q0 + c], keys, vals, scale)     # [1, H, c, D]
         out[0, seg.q0:seg.q0 + c] = o[0].transpose(0, 1)
     return out
@@ -305,20 +316,19 @@ def decode_torch(cache, layer, q, k, v, scale):
     A, H, _, D = q.shape
     Hkv, n = k.shape[1], cache.n
     g = H // Hkv
-    cache.gen_k[layer][:, cache.step] = k[:, :, 0]  # this token's K/V into its row's own slot
-    cache.gen_v[layer][:, cache.step] = v[:, :, 0]
+    cache.gen_k[layer][:, :, cache.step] = k[:, :, 0]  # this token's K/V into its row's own slot
+    cache.gen_v[layer][:, :, cache.step] = v[:, :, 0]
     grid, slot = prompt_grid(cache, q)  # [P, n, H, D]
     P = grid.shape[0]
     grid = grid.reshape(P, n, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * g, D)
-    pk = cache.prompt_k[layer].transpose(1, 2)  # [P, Hkv, Lmax, D]
-    pv = cache.prompt_v[layer].transpose(1, 2)
+    pk, pv = cache.prompt_k[layer], cache.prompt_v[layer]  # [P, Hkv, Lmax, D], read in place
     key_ok = torch.arange(pk.shape[2], device=q.device) < cache.prompt_lens[:, None]  # [P, Lmax]
     o_p, lse_p = attention_with_lse(grid, pk, pv, scale, key_ok[:, None, None, :])
     o_p = o_p.view(P, Hkv, n, g, D).permute(0, 2, 1, 3, 4).reshape(P * n, H, D)[slot]  # [A, H, D]
     lse_p = lse_p.view(P, Hkv, n, g).permute(0, 2, 1, 3).reshape(P * n, H)[slot]        # [A, H]
     # Own part: all active rows are at the same step, so their own keys are gen[:, :step+1].
-    gk = cache.gen_k[layer][:, :cache.step + 1].transpose(1, 2)  # [A, Hkv, step+1, D]
-    gv = cache.gen_v[layer][:, :cache.step + 1].transpose(1, 2)
+    gk = cache.gen_k[layer][:, :, :cache.step + 1]  # [A, Hkv, step+1, D]
+    gv = cache.gen_v[layer][:, :, :cache.step + 1]
     o_g, lse_g = attention_with_lse(q.reshape(A, Hkv, g, D), gk, gv, scale)
     out, _ = merge_attention(o_p[:, None], lse_p[:, :, None],
                              o_g.reshape(A, 1, H, D), lse_g.reshape(A, H, 1))
@@ -407,15 +417,19 @@ class PackedGroups:
 def packed_torch(lay: PackedGroups, q, k, v, scale):
     """Exact torch kernel, O(S) memory: per group the prompt causal, then each response over
     [prompt, own] keys, causal aligned bottom-right. q [1, H, S, D], k, v [1, Hkv, S, D]."""
+    # One split per tensor into [prompt_1, r_11, .., prompt_2, ..] pieces, not a slice per use: a
+    # slice's backward writes a zero tensor of the whole [1, H, S, D] input for each piece, a split's
+    # backward one concatenation
+    sizes = [n for _, P, rs in lay.parts for n in [P, *rs]]
+    qs, ks, vs = (iter(x.split(sizes, 2)) for x in (q, k, v))
     out = []
-    for s, P, rs in lay.parts:
-        out.append(sdpa_lower_right(q[:, :, s:s + P], k[:, :, s:s + P], v[:, :, s:s + P], scale))
-        o = s + P
-        for r in rs:
-            keys = torch.cat([k[:, :, s:s + P].float(), k[:, :, o:o + r].float()], 2).to(k.dtype)
-            vals = torch.cat([v[:, :, s:s + P].float(), v[:, :, o:o + r].float()], 2).to(v.dtype)
-            out.append(sdpa_lower_right(q[:, :, o:o + r], keys, vals, scale))
-            o += r
+    for _, _, rs in lay.parts:
+        kp, vp = next(ks), next(vs)  # the group's prompt keys / values, read by all of it
+        out.append(sdpa_lower_right(next(qs), kp, vp, scale))
+        for _ in rs:
+            keys = torch.cat([kp.float(), next(ks).float()], 2).to(k.dtype)  # [1, Hkv, P + r, D]
+            vals = torch.cat([vp.float(), next(vs).float()], 2).to(v.dtype)
+            out.append(sdpa_lower_right(next(qs), keys, vals, scale))
     return torch.cat(out, 2).transpose(1, 2)  # [1, S, H, D]
 
 

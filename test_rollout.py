@@ -336,8 +336,10 @@ def test_cache_fields_declared_in_init_and_what_keep_rows_compacts(path):
     assert cache.row_prompt.tolist() == [0] and cache.row_sample.tolist() == [1]  # prompt 1 is slot 0
     assert cache.prompt_lens.tolist() == [3]
     for layer in range(2):
-        assert cache.gen_k[layer].shape == cache.gen_v[layer].shape == (1, 4, 1, 8)
-        assert cache.prompt_k[layer].shape == cache.prompt_v[layer].shape == (1, 3, 1, 8)
+        # flash: [rows or prompts, positions, kv heads, head dim]; torch: kv heads before positions
+        gen, prompt = ((1, 4, 1, 8), (1, 3, 1, 8)) if path == "flash" else ((1, 1, 4, 8), (1, 1, 3, 8))
+        assert cache.gen_k[layer].shape == cache.gen_v[layer].shape == gen
+        assert cache.prompt_k[layer].shape == cache.prompt_v[layer].shape == prompt
         assert (cache.gen_k[layer] == 3).all() and (cache.prompt_k[layer] == 1).all()
     if path == "flash":
         assert cache.prompt_seqlens.tolist() == [3] and cache.prompt_seqlens.dtype == torch.int32
