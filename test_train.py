@@ -369,3 +369,36 @@ def test_update_tokens_count_a_shared_prompt_once_and_per_row_once_per_response(
     # a budget that splits each group in two: every sub-group runs its prompt again
     assert report.update_tokens(rows, parts, 110, shared_prefix=True)[0] == 4 * (100 + 2 * 5)
     assert report.update_tokens(rows, parts, 10_000, shared_prefix=False) == (8 * 105, 8 * 105)
+
+
+FREED = """
+import json, os, sys, torch
+sys.path.insert(0, {root!r})
+import harness
+print(harness.return_freed_memory(torch.device("cpu")))
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) * 1024
+drops = []
+for _ in range(3):  # the first freed 16 MB block raises glibc's own threshold; the later ones show it
+    x = torch.ones(4 << 20)  # 16 MB, every page touched
+    before = rss()
+    del x
+    drops.append((before - rss()) / 2**20)
+print(json.dumps(drops))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.parametrize("user_setting", [False, True])
+def test_cpu_hands_freed_activations_back_to_the_os(user_setting):
+    """harness.return_freed_memory: a freed 16 MB tensor leaves the process every time (malloc's own
+    threshold would keep the second and third in its heap); a threshold the user set wins."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    if user_setting:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(64 << 20)
+    out = subprocess.run([sys.executable, "-c", FREED.format(root=str(Path(__file__).parent))],
+                         capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    drops = json.loads(out[1])
+    assert out[0] == str(not user_setting)  # the user's threshold is left in place
+    if not user_setting:
+        assert all(d > 12 for d in drops), drops
