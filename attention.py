@@ -20,9 +20,8 @@ mask is ever made.
 Two kernel families, the same semantics:
 - "flash": flash-attn 2 (`flash_attn_varlen_func`, `flash_attn_with_kvcache`), CUDA only, fp16/bf16.
   Every call goes through `to_flash_dtype` first: under bf16 autocast over float32 master weights
-  the projections come out bf16, but Qwen3's float32 q/k norms and the float32 rotary tables promote
-  q and k back to float32, which flash-attn refuses. transformers' own flash integration casts the
-  same way (to the autocast dtype).
+  the projections come out bf16, but Qwen3's float32 q/k norms and rotary tables promote q and k back
+  to float32, which flash-attn refuses (transformers' flash integration casts to the autocast dtype too).
 - "torch": `scaled_dot_product_attention`, exact, any device. Never a dense [q, k] mask where the
   sequence is long: on CUDA a dense mask sends SDPA to its math kernel, O(S^2) memory. Causal
   attention whose queries are the last q of k keys uses torch's lower-right causal bias, which the
@@ -177,21 +176,18 @@ class SharedPrefixCache:
     def __init__(self, layers: int, prompt_lens: list[int], n: int, gen_capacity: int,
                  kv_heads: int, head_dim: int, dtype, device, path: str):
         P, Lmax = len(prompt_lens), max(prompt_lens)
-        # The position axis: flash-attn reads [batch, seq, Hkv, D]; the torch kernels keep the heads
-        # first, [batch, Hkv, seq, D], so that their batched matmuls read the cache in place (in
-        # flash's layout every decode step would copy every prompt's K/V: a transpose that
-        # torch.matmul cannot hand to one batched GEMM, 1.2 s of a 6 s decode at 2K on CPU).
+        # flash-attn reads [batch, seq, Hkv, D]; the torch kernels keep the heads first so that their
+        # batched matmuls read the cache in place (flash's layout made decode copy every prompt's K/V)
         self.seq_dim = 1 if path == "flash" else 2
-        lay = (lambda b, s: (b, s, kv_heads, head_dim)) if path == "flash" else (lambda b, s: (b, kv_heads, s, head_dim))
+        lay = (lambda b, s: (b, s, kv_heads, head_dim) if path == "flash" else (b, kv_heads, s, head_dim))
         shape_p, shape_g = lay(P, Lmax), lay(P * n, gen_capacity)
         # --- storage, one tensor per layer
         self.prompt_k = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
         self.prompt_v = [torch.zeros(shape_p, dtype=dtype, device=device) for _ in range(layers)]
-        # ^ [P, Lmax, Hkv, D] (flash; torch: [P, Hkv, Lmax, D]): one copy per prompt, read by all n rows
+        # ^ [P, Lmax, Hkv, D] (torch: [P, Hkv, Lmax, D]): one copy per prompt, read by all n rows
         self.gen_k = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
         self.gen_v = [torch.zeros(shape_g, dtype=dtype, device=device) for _ in range(layers)]
-        # ^ [A, gen_capacity, Hkv, D] (torch: [A, Hkv, gen_capacity, D]): slot t holds the row's
-        # generated token t (preallocated)
+        # ^ [A, gen_capacity, Hkv, D] (torch: [A, Hkv, ...]): slot t holds the row's token t
         self.prompt_lens = torch.tensor(prompt_lens, device=device)  # [P] int64
         self.bytes = sum(t.numel() * t.element_size()  # allocated once: the wave's KV peak
                          for t in self.prompt_k + self.prompt_v + self.gen_k + self.gen_v)
@@ -267,11 +263,9 @@ def write_prompt_kv(cache: SharedPrefixCache, layer: int, k: Tensor, v: Tensor):
     for seg in cache.segments:
         c = seg.end - seg.start
         for store, x in ((cache.prompt_k, k), (cache.prompt_v, v)):
-            part = x[0, :, seg.q0:seg.q0 + c]  # [Hkv, c, D]
-            if cache.seq_dim == 1:  # flash layout [P, L, Hkv, D]
-                store[layer][seg.prompt, seg.start:seg.end] = part.transpose(0, 1)
-            else:                   # torch layout [P, Hkv, L, D]
-                store[layer][seg.prompt, :, seg.start:seg.end] = part
+            part = x[0, :, seg.q0:seg.q0 + c]  # [Hkv, c, D]; the slots: [c, Hkv, D] (flash) or [Hkv, c, D]
+            dst = store[layer][seg.prompt].narrow(cache.seq_dim - 1, seg.start, c)
+            dst.copy_(part.transpose(0, 1) if cache.seq_dim == 1 else part)
 
 
 def prefill_torch(cache, layer, q, k, v, scale):
@@ -316,8 +310,7 @@ def decode_torch(cache, layer, q, k, v, scale):
     A, H, _, D = q.shape
     Hkv, n = k.shape[1], cache.n
     g = H // Hkv
-    cache.gen_k[layer][:, :, cache.step] = k[:, :, 0]  # this token's K/V into its row's own slot
-    cache.gen_v[layer][:, :, cache.step] = v[:, :, 0]
+    cache.gen_k[layer][:, :, cache.step], cache.gen_v[layer][:, :, cache.step] = k[:, :, 0], v[:, :, 0]  # own slot
     grid, slot = prompt_grid(cache, q)  # [P, n, H, D]
     P = grid.shape[0]
     grid = grid.reshape(P, n, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * g, D)
@@ -326,9 +319,8 @@ def decode_torch(cache, layer, q, k, v, scale):
     o_p, lse_p = attention_with_lse(grid, pk, pv, scale, key_ok[:, None, None, :])
     o_p = o_p.view(P, Hkv, n, g, D).permute(0, 2, 1, 3, 4).reshape(P * n, H, D)[slot]  # [A, H, D]
     lse_p = lse_p.view(P, Hkv, n, g).permute(0, 2, 1, 3).reshape(P * n, H)[slot]        # [A, H]
-    # Own part: all active rows are at the same step, so their own keys are gen[:, :step+1].
-    gk = cache.gen_k[layer][:, :, :cache.step + 1]  # [A, Hkv, step+1, D]
-    gv = cache.gen_v[layer][:, :, :cache.step + 1]
+    # Own part: all active rows are at the same step, so their own keys are the slots :step+1
+    gk, gv = (c[layer][:, :, :cache.step + 1] for c in (cache.gen_k, cache.gen_v))  # [A, Hkv, step+1, D]
     o_g, lse_g = attention_with_lse(q.reshape(A, Hkv, g, D), gk, gv, scale)
     out, _ = merge_attention(o_p[:, None], lse_p[:, :, None],
                              o_g.reshape(A, 1, H, D), lse_g.reshape(A, H, 1))
@@ -417,9 +409,7 @@ class PackedGroups:
 def packed_torch(lay: PackedGroups, q, k, v, scale):
     """Exact torch kernel, O(S) memory: per group the prompt causal, then each response over
     [prompt, own] keys, causal aligned bottom-right. q [1, H, S, D], k, v [1, Hkv, S, D]."""
-    # One split per tensor into [prompt_1, r_11, .., prompt_2, ..] pieces, not a slice per use: a
-    # slice's backward writes a zero tensor of the whole [1, H, S, D] input for each piece, a split's
-    # backward one concatenation
+    # one split per tensor, not a slice per piece (a slice's backward zero-fills the whole input)
     sizes = [n for _, P, rs in lay.parts for n in [P, *rs]]
     qs, ks, vs = (iter(x.split(sizes, 2)) for x in (q, k, v))
     out = []

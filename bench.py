@@ -477,6 +477,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "alone prints its rows and no ratios)")
     args = p.parse_args(argv)
     args.only = [name for arg in args.only for name in arg.split(",") if name]
+    if not args.trl_sides or set(args.trl_sides) - {"ours", "trl"}:
+        p.error(f"--trl-sides: choose from ours, trl (comma separated), got {','.join(args.trl_sides)!r}")
     unknown = [name for name in args.only if name not in SECTIONS]
     if unknown:
         p.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")

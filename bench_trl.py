@@ -11,6 +11,13 @@ Each side runs in a fresh Python process (TRL_WORKER), so its peak RSS is that p
 # -----------------------------------------------------------------------------
 # trl: one training step here vs TRL's GRPOTrainer, the same run set up on both sides
 
+DIFFERS = ("the loss (TRL's default 'dapo': token-mean, clip 0.2 both sides, 'group' std scaling; ours "
+           "--advantage grpo: token-mean, clip 0.2 / 0.28, dual-clip 3, rollout importance weights); TRL "
+           "generates and trains G rows [prompt, response] per prompt, we prefill each prompt once and train "
+           "one packed [prompt, r_1..r_G] per group; on CPU our trainer fixes glibc's mmap threshold "
+           "(harness.return_freed_memory), TRL runs with glibc's default. The same on both: fused AdamW, "
+           "fp32, gradient checkpointing, no KL, one optimizer step per batch.")
+
 TRL_WORKER = """
 import json, resource, sys, tempfile, time
 sys.path.insert(0, {root!r})
@@ -73,15 +80,8 @@ def bench_trl(args):
     tokens, lr 1e-6, float32, gradient checkpointing, no dynamic sampling, no KL, one optimizer step per
     batch; per context length one warm-up step and args.trl_steps measured ones, each side in a fresh
     process (peak RSS of that process). Generation = sampling and scoring; update = the rest of the step.
-    What differs, and cannot be made equal: TRL's default loss ("dapo": token-mean over the batch, PPO
-    clip 0.2 both sides) vs ours (token-mean, clip 0.2 / 0.28 clip-higher, dual-clip 3, rollout
-    importance weights: a handful of element-wise ops); TRL generates with model.generate
-    (G copies of each prompt) and scores G rows of [prompt, response], we prefill each prompt once
-    and run one packed [prompt, r_1..r_G] sequence per group; TRL's loss uses its own advantage
-    scaling ("group" std), ours plain GRPO (--advantage grpo); on CPU our trainer fixes glibc's mmap
-    threshold so that freed activations return to the OS (harness.return_freed_memory), TRL's process
-    keeps glibc's default. A side that fails (killed for memory at a long context) is reported, and
-    the other rows still run."""
+    What differs, and cannot be made equal, is printed with the table (DIFFERS). A side that fails
+    (killed for memory at a long context) is reported, and the other rows still run."""
     import importlib.util
     import json
     import os
@@ -126,12 +126,7 @@ def bench_trl(args):
         rows.append((ctx, res))
     if set(args.trl_sides) != {"ours", "trl"}:
         return
-    print("\nwhat differs: the loss (TRL's default 'dapo': clip 0.2 both sides, 'group' std scaling; ours "
-          "--advantage grpo: clip 0.2 / 0.28, dual-clip 3, rollout importance weights); TRL generates and "
-          "trains G rows [prompt, response] per prompt, we prefill each prompt once and train one packed "
-          "[prompt, r_1..r_G] per group; on CPU our trainer fixes glibc's mmap threshold (harness."
-          "return_freed_memory), TRL runs with glibc's default. The same on both: fused AdamW, fp32, "
-          "gradient checkpointing, no KL, one optimizer step per batch.")
+    print("\nwhat differs: " + DIFFERS)
     print("ratios TRL / ours (higher = ours faster or smaller):")
     for ctx, res in rows:
         if len(res) < 2:

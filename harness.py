@@ -125,8 +125,8 @@ def seconds_since(t0: float, device: torch.device) -> float:
 # the first step the update's activations (10-30 MB per layer at 2K tokens on SmolLM2) all come from
 # the heap, and what they leave behind when freed stays resident (fragments the heap cannot return).
 # A fixed threshold sends every block of 8 MB and more to mmap, back to the OS the moment a tensor is
-# freed. Measured (`python bench.py --only trl`, 2K prompts): peak RSS 4.4-4.9 -> 3.0 GiB; the price
-# is page faults on each new large tensor, within the run-to-run noise of the step time (+0-10%).
+# freed. Measured (`python bench.py --only trl`, 2K prompts): peak RSS 5.1-5.3 -> 3.0 GiB; the price
+# is page faults on each new large tensor, about 10% of that step's update (README: CPU memory).
 CPU_MMAP_THRESHOLD = 8 << 20
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 

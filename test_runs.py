@@ -356,6 +356,9 @@ def test_bench_only_takes_several_sections():
     assert bench.parse_args([]).only == []
     with pytest.raises(SystemExit):
         bench.parse_args(["--only", "rewards,nope"])
+    assert bench.parse_args(["--trl-sides", "ours"]).trl_sides == ["ours"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--trl-sides", "ours,tlr"])
 
 
 def test_kv_budget_zero_is_one_wave_as_the_help_says(capsys):

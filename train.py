@@ -398,9 +398,8 @@ def evaluate_and_log(run: Run, step, eval_set: list, eval_ids: list, weights: st
 def main(argv=None):
     """Train (or evaluate, or only plot) as the config says; returns the Hugging Face model."""
     cfg = parse_config(argv, __doc__)
-    # CUDA's caching allocator: expandable segments let freed blocks of the rollout's KV cache and the
-    # update's activations be reused across phases of different shapes instead of fragmenting
-    # (set before the first CUDA allocation; a value the user set wins)
+    # CUDA's caching allocator: expandable segments reuse freed blocks across phases of different shapes
+    # instead of fragmenting (set before the first CUDA allocation; a value the user set wins)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     rank, world, device = harness.setup_distributed(cfg)
     harness.return_freed_memory(device)  # CPU: freed activations go back to the OS, not into a heap
