@@ -81,6 +81,57 @@ def test_packed_torch_equals_dense_mask_reference():
     torch.testing.assert_close(got.transpose(1, 2), want, atol=1e-6, rtol=1e-5)
 
 
+def dense_packed_reference(lay, q, k, v, scale):
+    """Plain masked attention over the packed sequence: the slow obvious reference, [1, S, H, D]."""
+    gid, rid, o = torch.empty(lay.length, dtype=torch.long), torch.empty(lay.length, dtype=torch.long), 0
+    for n, (s, P, rs) in enumerate(lay.parts):
+        gid[s:s + P], rid[s:s + P], o = n, -1, s + P
+        for j, r in enumerate(rs):
+            gid[o:o + r], rid[o:o + r], o = n, j, o + r
+    i, j = torch.arange(lay.length)[:, None], torch.arange(lay.length)[None]
+    mask = (j <= i) & (gid[None] == gid[:, None]) & ((rid[None] == -1) | (rid[None] == rid[:, None]))
+    g = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
+                                          attn_mask=mask, scale=scale).transpose(1, 2)
+
+
+@pytest.mark.parametrize("split_keys", [True, False])
+def test_packed_torch_values_and_gradients_equal_the_dense_reference(split_keys):
+    """Both torch training kernels (CPU: a group's responses split into prompt keys + own keys,
+    merged by log-sum-exp; elsewhere: one call per response), outputs and q/k/v gradients."""
+    torch.manual_seed(4)
+    lay = attention.PackedGroups([7, 5], [[3, 0, 4, 1], [6, 2]], "torch", "cpu")
+    q, k, v = (torch.randn(1, h, lay.length, 8, requires_grad=True) for h in (6, 2, 2))
+    w = torch.randn(1, lay.length, 6, 8)
+    got = attention.packed_torch(lay, q, k, v, 0.3, split_keys=split_keys)
+    grads = torch.autograd.grad((got * w).sum(), (q, k, v))
+    want = dense_packed_reference(lay, q, k, v, 0.3)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad((want * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_split_keys_under_bf16_autocast_is_as_accurate_as_one_call_per_response():
+    """The CPU path in the GPU's dtypes: bf16 kernels under autocast, float32 inputs and gradients;
+    its error against the float32 reference stays within that of the per-response path."""
+    torch.manual_seed(5)
+    lay = attention.PackedGroups([96], [[24, 17, 30, 9]], "torch", "cpu")
+    q, k, v = (torch.randn(1, h, lay.length, 64, requires_grad=True) for h in (9, 3, 3))
+    w = torch.randn(1, lay.length, 9, 64)
+    want = dense_packed_reference(lay, q, k, v, 0.125)
+    want_g = torch.autograd.grad((want * w).sum(), (q, k, v))
+    err = {}
+    for split in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = attention.packed_torch(lay, q, k, v, 0.125, split_keys=split)
+        assert got.dtype == torch.bfloat16
+        g = torch.autograd.grad((got.float() * w).sum(), (q, k, v))
+        assert all(t.dtype == torch.float32 for t in g)
+        err[split] = [(got.float() - want).abs().max().item()] + [(a - b).abs().max().item() for a, b in zip(g, want_g)]
+    assert max(err[True]) < 0.5, err  # bf16, not a broken kernel (the outputs are O(1), the gradients O(10))
+    assert all(a <= 1.5 * b + 1e-3 for a, b in zip(err[True], err[False])), err
+
+
 # -----------------------------------------------------------------------------
 # The chooser and the dtype cast
 
