@@ -366,7 +366,8 @@ ROLLOUT_KERNELS = {("prefill", "torch"): prefill_torch, ("prefill", "flash"): pr
 # into the prompt's K/V. That sum runs in float32 (GatherSumFloat32; the torch kernel's cat of
 # float32 slices does the same), while the gathered copy stays in the kernel's dtype. On CPU the torch
 # kernel splits the keys instead: all responses over the prompt in one call, each over its own keys,
-# merged by log-sum-exp (responses_split_keys; torch exposes that log-sum-exp on CPU only).
+# merged by log-sum-exp (responses_split_keys: the private op of torch's CPU flash kernel returns
+# that log-sum-exp; CUDA runs flash-attn, and without it one SDPA call per response).
 
 class PackedGroups:
     """Layout of one packed micro-batch [prompt_1, r_11..r_1k, prompt_2, r_21.., ...] (batch 1, S tokens)
@@ -434,9 +435,8 @@ def responses_split_keys(kp, vp, r_q: list, r_k: list, r_v: list, scale: float) 
     """A group's responses over [prompt, own] keys, CPU only: one call of every response's queries
     over the prompt (not causal), one causal call per response over its own keys, merged by
     log-sum-exp. Exact, and it reads the prompt's K/V once per group instead of copying it per
-    response: one layer's attention of a 2,048-token prompt + 8 x 48 takes 138 ms forward + backward,
-    not 185 (the update of the TRL bench's 2K step: 33 -> 30 s). kp, vp [1, Hkv, P, D]; r_q[j] [1, H, r_j, D],
-    r_k[j], r_v[j] [1, Hkv, r_j, D]. Returns [1, H, sum r_j, D]."""
+    response (`python bench.py --only prefix`: shared vs call-each). kp, vp [1, Hkv, P, D]; r_q[j]
+    [1, H, r_j, D], r_k[j], r_v[j] [1, Hkv, r_j, D]. Returns [1, H, sum r_j, D]."""
     if torch.is_autocast_enabled("cpu"):  # the kernels take one dtype, as SDPA's autocast would give
         dtype = torch.get_autocast_dtype("cpu")
         kp, vp = kp.to(dtype), vp.to(dtype)

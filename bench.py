@@ -234,12 +234,14 @@ def bench_logprobs(args):
 # prefix: the training forward+backward with the prompt shared by the group vs one row per response
 
 PREFIX_WORKER = """
-import gc, json, sys, time, torch
+import functools, gc, json, sys, time, torch
 from types import SimpleNamespace
 sys.path.insert(0, {root!r})
 import attention, grpo, policy
 from transformers import AutoModelForCausalLM
 P, G, R, WAY = {P}, {G}, {R}, {way!r}
+if WAY == "call-each":  # the shared packing with the kernel CUDA's torch path runs: one call per response
+    attention.packed_torch = functools.partial(attention.packed_torch, split_keys=False)
 
 def status(key):  # bytes, from /proc/self/status
     return next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith(key))
@@ -249,7 +251,7 @@ lm = AutoModelForCausalLM.from_pretrained(policy.embedded_model_dir(), dtype=tor
 lm.activation_checkpointing_enable()  # as train.py (--grad-checkpointing is on by default)
 lm.train()
 net = policy.Policy(lm, temperature=1.0, chunk=1024)
-forward = policy.forward_logprobs_shared if WAY == "shared" else policy.forward_logprobs
+forward = policy.forward_logprobs if WAY == "per-row" else policy.forward_logprobs_shared
 
 def group(p, r):  # one prompt of p tokens, G responses of r tokens (random ids: timing only)
     g = torch.Generator().manual_seed(0)
@@ -281,8 +283,9 @@ def bench_prefix(args):
     """forward + backward of the policy loss for one group on the embedded SmolLM2-135M (fp32, CPU,
     gradient checkpointing on as in train.py): G=8 responses of R=48 tokens after a prompt of P
     tokens, per-row (policy.forward_logprobs: G rows [prompt, r_j], G*(P+R) tokens) vs shared
-    (policy.forward_logprobs_shared: one packed [prompt, r_1..r_G], P+G*R tokens); the whole group
-    in one micro-batch both ways. Each measurement runs in a fresh process; peak = growth of peak RSS
+    (policy.forward_logprobs_shared: one packed [prompt, r_1..r_G], P+G*R tokens), and shared with
+    one attention call per response (call-each: the torch kernel off CPU) instead of CPU's split keys
+    (attention.responses_split_keys); the whole group in one micro-batch each way. Each measurement runs in a fresh process; peak = growth of peak RSS
     during the call (as in the rollout section), gradient buffers allocated by a warm-up before, so
     the column is the activations, masks and temporaries of the forward and backward. The 2K prompt
     runs first (its ratio is the headline), the load average is printed per row."""
@@ -295,10 +298,10 @@ def bench_prefix(args):
     print(f"shared-prefix training forward+backward, SmolLM2-135M, G={G}, R={R}, fp32, CPU "
           f"({os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
           f"fresh process per row")
-    print(f"{'prompt':>6s} {'way':7s} {'tokens':>7s} {'seconds':>8s} {'CPU s':>7s} {'peak MiB':>9s} {'load':>5s}")
+    print(f"{'prompt':>6s} {'way':9s} {'tokens':>7s} {'seconds':>8s} {'CPU s':>7s} {'peak MiB':>9s} {'load':>5s}")
     res = {}
     for P in (2048, 1024, 4096):
-        for way in ("per-row", "shared"):
+        for way in ("per-row", "call-each", "shared"):
             code = PREFIX_WORKER.format(root=root, P=P, G=G, R=R, way=way)
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(256 * 1024))
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -306,13 +309,16 @@ def bench_prefix(args):
                 raise RuntimeError(f"bench worker P={P} {way} failed:\n{out.stderr[-3000:]}")
             r = res[P, way] = json.loads(out.stdout.strip().splitlines()[-1])
             tokens = G * (P + R) if way == "per-row" else P + G * R
-            print(f"{P:6d} {way:7s} {tokens:7d} {r['seconds']:8.2f} {r['cpu']:7.2f} {r['peak'] / MiB:9.1f} "
+            print(f"{P:6d} {way:9s} {tokens:7d} {r['seconds']:8.2f} {r['cpu']:7.2f} {r['peak'] / MiB:9.1f} "
                   f"{os.getloadavg()[0]:5.1f}", flush=True)
     print("\nshared vs per-row: speed = time ratio (higher is better), peak memory ratio (lower is better)")
     for P in (1024, 2048, 4096):
         a, b = res[P, "per-row"], res[P, "shared"]
         print(f"P={P:5d}  tokens x{(P + G * R) / (G * (P + R)):.3f}  speed x{a['seconds'] / b['seconds']:5.2f} "
               f"(CPU x{a['cpu'] / b['cpu']:5.2f})  peak memory x{b['peak'] / max(a['peak'], 1):5.2f}")
+    print("split keys vs one call per response (both shared): speed x"
+          + ", ".join(f"{res[P, 'call-each']['seconds'] / res[P, 'shared']['seconds']:.2f} at P={P}"
+                      for P in (1024, 2048, 4096)))
     a, b = res[2048, "per-row"], res[2048, "shared"]
     print(f"shared-prefix update: speed x{a['seconds'] / b['seconds']:.2f}, "
           f"peak memory x{b['peak'] / max(a['peak'], 1):.2f}")
