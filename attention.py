@@ -459,9 +459,8 @@ class SplitKeys(torch.autograd.Function):
         pieces = zip(*(x.split(lens, 2) for x in (q, k_, v_)))
         own = [FLASH_CPU(*p, 0.0, True, scale=scale) for p in pieces]  # each response over its own keys
         o_g, lse_g = torch.cat([o for o, _ in own], 2), torch.cat([s for _, s in own], 2)
-        lse = torch.logaddexp(lse_p, lse_g)
-        out = o_p.float() * (lse_p - lse).exp()[..., None] + o_g.float() * (lse_g - lse).exp()[..., None]
-        out = out.to(q.dtype)  # [1, H, T, D]
+        out, lse = merge_attention(o_p.transpose(1, 2), lse_p, o_g.transpose(1, 2), lse_g)
+        out = out.transpose(1, 2).contiguous()  # [1, H, T, D], q's dtype
         ctx.save_for_backward(kp, vp, q, k, v, out, lse)
         ctx.lens, ctx.scale, ctx.g = lens, scale, g
         return out
