@@ -136,16 +136,19 @@ def sdpa_lower_right(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """Causal attention of the last Sq positions over Sk keys (query i sees keys j <= i + Sk - Sq).
 
     q [B, H, Sq, D], k, v [B, Hkv, Sk, D] -> [B, H, Sq, D]. torch's lower-right causal bias keeps SDPA
-    on its flash / memory-efficient kernels (O(S) memory); grouped-query keys are expanded to H heads
-    because not every efficient kernel takes enable_gqa (a transient of H/Hkv times the keys).
+    on its flash / memory-efficient kernels (O(S) memory). Grouped-query keys are expanded to H heads
+    (a transient of H/Hkv times the keys) because not every efficient kernel takes enable_gqa; torch's
+    CPU flash kernel does, and reads them as they are when Sq == Sk (plain is_causal, no bias).
     """
     if torch.is_autocast_enabled(q.device.type):  # as SDPA under autocast would, before the bias's
         dtype = torch.get_autocast_dtype(q.device.type)  # own dispatch, which checks dtypes first
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    Sq, Sk = q.shape[2], k.shape[2]
+    if Sq == Sk and q.device.type == "cpu":
+        return scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     if k.shape[1] != q.shape[1]:
         g = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    Sq, Sk = q.shape[2], k.shape[2]
     if Sq == Sk:
         return scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     return scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Sq, Sk), scale=scale)
@@ -453,31 +456,27 @@ class SplitKeys(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kp, vp, q, k, v, lens, scale):
-        g = q.shape[1] // kp.shape[1]
-        kp_, vp_, k_, v_ = (t.repeat_interleave(g, 1) for t in (kp, vp, k, v))  # heads H, not Hkv
-        o_p, lse_p = FLASH_CPU(q, kp_, vp_, 0.0, False, scale=scale)  # [1, H, T, D], [1, H, T]
-        pieces = zip(*(x.split(lens, 2) for x in (q, k_, v_)))
+        # the kernel reads grouped-query K/V itself (Hkv heads, each serving H/Hkv query heads)
+        o_p, lse_p = FLASH_CPU(q, kp, vp, 0.0, False, scale=scale)  # [1, H, T, D], [1, H, T]
+        pieces = zip(*(x.split(lens, 2) for x in (q, k, v)))
         own = [FLASH_CPU(*p, 0.0, True, scale=scale) for p in pieces]  # each response over its own keys
         o_g, lse_g = torch.cat([o for o, _ in own], 2), torch.cat([s for _, s in own], 2)
         out, lse = merge_attention(o_p.transpose(1, 2), lse_p, o_g.transpose(1, 2), lse_g)
         out = out.transpose(1, 2).contiguous()  # [1, H, T, D], q's dtype
         ctx.save_for_backward(kp, vp, q, k, v, out, lse)
-        ctx.lens, ctx.scale, ctx.g = lens, scale, g
+        ctx.lens, ctx.scale = lens, scale
         return out
 
     @staticmethod
     def backward(ctx, grad):
         kp, vp, q, k, v, out, lse = ctx.saved_tensors
-        lens, scale, g = ctx.lens, ctx.scale, ctx.g
-        kp_, vp_, k_, v_ = (t.repeat_interleave(g, 1) for t in (kp, vp, k, v))
+        lens, scale = ctx.lens, ctx.scale
         grad = grad.contiguous()
-        dq, dkp, dvp = FLASH_CPU_BACKWARD(grad, q, kp_, vp_, out, lse, 0.0, False, scale=scale)
-        pieces = zip(*(x.split(lens, 2) for x in (grad, q, k_, v_, out, lse)))
+        dq, dkp, dvp = FLASH_CPU_BACKWARD(grad, q, kp, vp, out, lse, 0.0, False, scale=scale)  # dkp [1, Hkv, P, D]
+        pieces = zip(*(x.split(lens, 2) for x in (grad, q, k, v, out, lse)))
         own = [FLASH_CPU_BACKWARD(*p, 0.0, True, scale=scale) for p in pieces]  # (dq, dk, dv) each
         dq = dq + torch.cat([d[0] for d in own], 2)
-        fold = lambda t: t.unflatten(1, (-1, g)).sum(2)  # noqa: E731  [1, H, N, D] -> [1, Hkv, N, D]
-        return (fold(dkp), fold(dvp), dq, fold(torch.cat([d[1] for d in own], 2)),
-                fold(torch.cat([d[2] for d in own], 2)), None, None)
+        return (dkp, dvp, dq, torch.cat([d[1] for d in own], 2), torch.cat([d[2] for d in own], 2), None, None)
 
 
 FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # -> (out, lse float32)
