@@ -14,9 +14,9 @@ Each side runs in a fresh Python process (TRL_WORKER), so its peak RSS is that p
 DIFFERS = ("the loss (TRL's default 'dapo': token-mean, clip 0.2 both sides, 'group' std scaling; ours "
            "--advantage grpo: token-mean, clip 0.2 / 0.28, dual-clip 3, rollout importance weights); TRL "
            "generates and trains G rows [prompt, response] per prompt, we prefill each prompt once and train "
-           "one packed [prompt, r_1..r_G] per group; TRL trains its 16 rows in one forward/backward, ours "
-           "runs at its default --micro-batch-tokens 4096 (the same gradient; from 2K-token prompts on, one "
-           "group per forward/backward); on CPU our trainer fixes glibc's mmap threshold "
+           "one packed [prompt, r_1..r_G] per group; TRL trains its 16 rows in one forward/backward, ours one "
+           "group at a time (--micro-batch-tokens = the longest prompt allowed + G x new tokens; the same "
+           "gradient); on CPU our trainer fixes glibc's mmap threshold "
            "(harness.return_freed_memory), TRL runs with glibc's default. The same on both: fused AdamW, "
            "fp32, gradient checkpointing, no KL, one optimizer step per batch.")
 
@@ -34,6 +34,7 @@ if WAY == "ours":
                 "--prompts-per-step", str(PROMPTS), "--max-new-tokens", str(NEW), "--lr", str(LR),
                 "--advantage", "grpo", "--no-dynamic-sampling", "--max-gen-rounds", "1", "--precision", "fp32",
                 "--grad-checkpointing", "--max-prompt-tokens", str(MAXP),
+                "--micro-batch-tokens", str(MAXP + G * NEW),  # the largest group: one per forward/backward
                 "--save-every", "0", "--save-minutes", "0", "--no-save-optimizer", "--kl-coef", "0"])
     m = [json.loads(l) for l in open(out + "/metrics.jsonl")]
     steps = [(x["step_s"], x["rollout_s"] + x["reward_s"], x["update_s"]) for x in m]
