@@ -246,6 +246,20 @@ def shared_micro_batches(rows, idx: list, budget: int) -> list:
     return out + ([cur] if cur else [])
 
 
+def split_note(rows, idx: list, mbs: list, budget: int) -> str | None:
+    """None, or a warning when shared_micro_batches had to split groups over `budget`: each piece
+    runs the whole prompt again (at 4K-token prompts, G = 8 and the default budget the update took
+    x1.85 as long: README, the TRL bench)."""
+    groups = group_rows(rows, idx)
+    pieces = sum(len(group_rows(rows, mb)) for mb in mbs)
+    if pieces == len(groups):
+        return None
+    need = max(len(rows.prompts[g[0]]) + sum(int(rows.mask[i].sum()) for i in g) for g in groups)
+    return (f"warning: --micro-batch-tokens {budget} is smaller than a prompt with its responses (up to "
+            f"{need} tokens): {pieces} pieces instead of {len(groups)} groups, each recomputing its prompt. "
+            f"Set --micro-batch-tokens {need} or more if memory allows.")
+
+
 def forward_logprobs_shared(policy, rows, mb: list, pad_id: int, device, attention: str = "torch"):
     """forward_logprobs with the prompt shared: same arguments, same [b, T] result (0 off the mask).
 

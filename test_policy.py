@@ -161,6 +161,12 @@ def test_shared_micro_batches_count_the_prompt_once_and_split_big_groups():
     # with a large budget the whole batch is one micro-batch, prompts counted once
     assert policy.shared_micro_batches(rows, idx, 10_000) == [idx]
     assert packed_tokens(rows, idx) == 33 + int(rows.mask.sum())
+    # the split is said, with the budget that avoids it; none said when nothing is split
+    note = policy.split_note(rows, idx, mbs, budget)
+    need = max(packed_tokens(rows, g) for g in policy.group_rows(rows, idx))
+    pieces = sum(len(policy.group_rows(rows, mb)) for mb in mbs)
+    assert f"{pieces} pieces instead of 3 groups" in note and f"--micro-batch-tokens {need} or more" in note
+    assert policy.split_note(rows, idx, mbs=policy.shared_micro_batches(rows, idx, need), budget=need) is None
 
 
 def test_group_split_across_micro_batches_gives_the_same_logprobs_and_grads(path):

@@ -221,7 +221,11 @@ def micro_batches(run: Run, rows: Rows, part: list) -> list:
     """The rows `part` split into micro-batches of at most --micro-batch-tokens tokens ([[]]: no rows,
     one zero pass), as many on every rank (under fsdp each forward is a collective)."""
     split = policy.shared_micro_batches if run.cfg.shared_prefix else policy.micro_batches
-    return policy.even_micro_batches(split(rows, part, run.cfg.micro_batch_tokens) or [[]], run.policy, run.device)
+    mbs = split(rows, part, run.cfg.micro_batch_tokens)
+    note = policy.split_note(rows, part, mbs, run.cfg.micro_batch_tokens) if run.cfg.shared_prefix else None
+    if note:  # once per process: the budget is a memory bound, not an error, but it costs prompt work
+        attention.say_once("split groups", note)
+    return policy.even_micro_batches(mbs or [[]], run.policy, run.device)
 
 
 def old_logprobs(run: Run, rows: Rows):
