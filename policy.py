@@ -250,8 +250,8 @@ def split_note(rows, idx: list, mbs: list, budget: int) -> str | None:
     """None, or a warning when shared_micro_batches had to split groups over `budget`: each piece
     runs the whole prompt again (at 4K-token prompts, G = 8 and the default budget the update took
     x1.85 as long: README, the TRL bench)."""
-    groups = group_rows(rows, idx)
-    pieces = sum(len(group_rows(rows, mb)) for mb in mbs)
+    groups, where = group_rows(rows, idx), {i: j for j, mb in enumerate(mbs) for i in mb}
+    pieces = sum(len({where[i] for i in g}) for g in groups)  # micro-batches each group landed in
     if pieces == len(groups):
         return None
     need = max(len(rows.prompts[g[0]]) + sum(int(rows.mask[i].sum()) for i in g) for g in groups)

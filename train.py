@@ -22,9 +22,8 @@ resume, save), config.py (the flags) and report.py (what is printed and written)
 
 How this differs from the paper's released code (a verl fork): plain torch DDP (default) or torch's
 FSDP2 (--shard fsdp: weights, gradients and AdamW states sharded across GPUs) replaces verl's FSDP,
-and there is no sequence parallelism (README: Memory); generation is
-our own loop (rollout.py) instead of vLLM; the trainer keeps float32 master weights and runs
-bf16 autocast on CUDA.
+with no sequence parallelism (README: Memory); generation is our own loop (rollout.py), not vLLM;
+the trainer keeps float32 master weights and runs bf16 autocast on CUDA.
 """
 
 import math
@@ -101,8 +100,7 @@ def sample_and_score(run: Run, samples: list, prompt_ids: list, how: Sampling, s
     fmt = [rewards.format_ok(t) for t in texts] if cfg.require_think else [True] * len(texts)
     t2 = time.perf_counter()
     rows = Rows(expand(prompt_ids), out.tokens.cpu(), out.mask.cpu(), out.logprobs.float().cpu(),
-                scores, tasks, expand([(*label, i) for i in range(len(samples))]),
-                out.truncated.cpu().tolist(), fmt)
+                scores, tasks, expand([(*label, i) for i in range(len(samples))]), out.truncated.cpu().tolist(), fmt)
     return rows, {"rollout_s": t1 - t0, "reward_s": t2 - t1, "gen_tokens": int(out.mask.sum()),
                   "nonfinite_rewards": nonfinite, "texts": texts}
 
@@ -161,8 +159,7 @@ def collect_batch(run: Run, step: int, batches: data.PromptBatches) -> Batch:
     for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling else 1):
         samples = batches.next_batch()                                           # step 1
         # every prompt fits: too-long ones were dropped at load (usable_prompts); truncation may apply
-        ids, samples, _ = data.encode_prompts(samples, run.tok, cfg.max_prompt_tokens,
-                                              truncate=cfg.truncate_prompts)
+        ids, samples, _ = data.encode_prompts(samples, run.tok, cfg.max_prompt_tokens, truncate=cfg.truncate_prompts)
         seed = hash((cfg.seed, step, rnd, rank)) % 2**31  # reproducible, distinct per rank
         rows = Rows.cat([])
         if samples:                                                              # steps 2-3
@@ -222,9 +219,8 @@ def micro_batches(run: Run, rows: Rows, part: list) -> list:
     one zero pass), as many on every rank (under fsdp each forward is a collective)."""
     split = policy.shared_micro_batches if run.cfg.shared_prefix else policy.micro_batches
     mbs = split(rows, part, run.cfg.micro_batch_tokens)
-    note = policy.split_note(rows, part, mbs, run.cfg.micro_batch_tokens) if run.cfg.shared_prefix else None
-    if note:  # once per process: the budget is a memory bound, not an error, but it costs prompt work
-        attention.say_once("split groups", note)
+    if run.cfg.shared_prefix and (note := policy.split_note(rows, part, mbs, run.cfg.micro_batch_tokens)):
+        attention.say_once("split groups", note)  # a memory bound, not an error, but it costs prompt work
     return policy.even_micro_batches(mbs or [[]], run.policy, run.device)
 
 
