@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention.bias import causal_lower_right
 from torch.nn.functional import scaled_dot_product_attention
+from torch.utils._python_dispatch import _disable_current_modes
 
 ATTN_NAME = "golongrl_shared_prefix"  # the name shared_prefix_attention is registered under
 _SAID: set = set()  # say_once keys already printed in this process
@@ -151,7 +152,9 @@ def sdpa_lower_right(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
     if Sq == Sk:
         return scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    return scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Sq, Sk), scale=scale)
+    with _disable_current_modes():  # selective checkpointing's dispatch mode refuses to see torch's
+        bias = causal_lower_right(Sq, Sk)  # CausalBias subclass made; it is shapes only, no data
+    return scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
 # -----------------------------------------------------------------------------

@@ -83,6 +83,9 @@ class Config:
     micro_batch_tokens: int = option(4096, "tokens per forward/backward micro-batch (padded rows; packed groups with --shared-prefix)")
     shared_prefix: bool = option(True, "training forward packs a group as [prompt, r_1..r_G]: its prompt once, not G times")
     grad_checkpointing: bool = option(True, "recompute activations in backward (long contexts)")
+    keep_attention: bool = option(False, "with --grad-checkpointing: keep each layer's attention output for backward "
+                                         "instead of recomputing it (faster; + tokens x heads x head_dim values per "
+                                         "layer, 69 GB per GPU at the paper's 160K: README Memory)")
     shard: str = option("ddp", "ddp = every GPU holds the whole model and AdamW state; fsdp = FSDP2 shards them")
     precision: str = option("auto", "auto = bf16 on CUDA, fp32 on CPU; bf16 = float32 master weights, bf16 "
                                     "autocast in the trainer, bf16 sampler (on CPU too: the GPU's numerics)")
@@ -245,6 +248,9 @@ def validate_config(cfg: Config) -> list:
         problems.append("--attention flash --precision fp32: flash-attn computes in bf16; use --precision bf16")
     if cfg.loss_agg not in ("token-mean", "seq-mean-token-mean"):
         problems.append(f"--loss-agg {cfg.loss_agg!r}: must be token-mean or seq-mean-token-mean")
+    if cfg.keep_attention and not cfg.grad_checkpointing:
+        problems.append("--keep-attention keeps attention outputs that gradient checkpointing would recompute: "
+                        "it needs --grad-checkpointing (without it every activation is kept anyway)")
     if cfg.resume and cfg.overwrite:
         problems.append("--resume continues the run in --out-dir, --overwrite deletes it: give one of them")
     if cfg.checkpoint and not cfg.eval_only:

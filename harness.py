@@ -362,7 +362,7 @@ def load_policy(run: Run, ckpt) -> tuple:
     checkpoint.check_saveable(model, run.log)  # now, not after training
     eos_ids = policy.eos_token_ids(tok, model)
     if cfg.grad_checkpointing:
-        model.activation_checkpointing_enable()  # non-reentrant: works under DDP
+        policy.enable_checkpointing(model, cfg.keep_attention)
     model.train()
     # The sampler: in bf16 (CUDA's default) a bf16 copy of the weights (as verl's vLLM keeps its own),
     # synced after each update; flash-attn kernels need bf16 and the trainer keeps float32 master

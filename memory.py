@@ -86,7 +86,8 @@ def gb_per_gpu(params: int, shard: str, world: int, accumulate: bool) -> dict:
 # Each phase's peak at the paper's sizes, transients included
 
 def phase_memory(name: str, world: int, shard: str, prompt: int, responses: int, resp_len: int,
-                 per_micro: int, vocab: int = 151_936, logprob_chunk: int = 1024) -> dict:
+                 per_micro: int, vocab: int = 151_936, logprob_chunk: int = 1024,
+                 keep_attention: bool = False) -> dict:
     """GB per GPU at the peak of each phase of a step, transients included, for a Qwen3 size (QWEN3)
     on `world` GPUs in bf16 (--precision bf16), by arithmetic. One rollout wave = one prompt of
     `prompt` tokens x `responses` rows of `resp_len`; the update packs `per_micro` responses with
@@ -101,6 +102,8 @@ def phase_memory(name: str, world: int, shard: str, prompt: int, responses: int,
              (~2 x (5 hidden + 4 MLP) bf16 values per token) + the flash gather of the prompt's K/V per
              response (bf16) with its float32 gradient sum + two bf16 layers gathered by FSDP + the
              log-prob chunk's [chunk, vocab] float32 (x2 in backward). Fused AdamW adds nothing.
+             keep_attention (--keep-attention) adds every layer's attention output (S x heads x 128,
+             bf16) and its float32 log-sum-exp (S x heads), kept from the forward to the backward.
     """
     h, L, heads, kv, inter, tied = QWEN3[name]
     P = qwen3_params(name)
@@ -124,6 +127,8 @@ def phase_memory(name: str, world: int, shard: str, prompt: int, responses: int,
               "prompt K/V gather": gathered * kv * 128 * 2 * 2 + S * kv * 128 * 2 * 4,
               "fsdp gathered layers": 2 * layer_params * 2 if shard == "fsdp" else 0,
               "log-prob chunk": 2 * logprob_chunk * vocab * 4}
+    if keep_attention:
+        update["kept attention"] = S * heads * (128 * 2 + 4) * L
     out = {}
     for phase, parts in (("rollout", rollout), ("update", update)):
         out[phase] = {k: v / 1e9 for k, v in parts.items()}
@@ -146,5 +151,7 @@ if __name__ == "__main__":
         print(f"  {per_micro:2d} responses per micro-batch: rollout {m['rollout']['total']:.1f}, update "
               f"{m['update']['total']:.1f} = " + " + ".join(f"{k} {v:.1f}" for k, v in m["update"].items()
                                                            if k != "total"))
+    kept = phase_memory("Qwen3-4B", 8, "fsdp", 163_840, 16, 16_384, 4, keep_attention=True)["update"]
+    print(f"  --keep-attention at 4 per micro-batch: + {kept['kept attention']:.1f} = update {kept['total']:.1f}")
     m = phase_memory("Qwen3-4B", 8, "fsdp", 163_840, 16, 16_384, 8)
     print("  rollout = " + " + ".join(f"{k} {v:.1f}" for k, v in m["rollout"].items() if k != "total"))

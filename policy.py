@@ -23,6 +23,7 @@ response ends (no import cycle, one set of EOS ids).
 """
 
 import copy
+import functools
 import importlib.util
 import os
 import shutil
@@ -34,9 +35,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
 import grpo
-from attention import ATTN_NAME, PackedGroups, setting as attention_setting
+from attention import ATTN_NAME, PackedGroups, flash_attn_module as attention_module, setting as attention_setting
 
 CACHE = Path(os.environ.get("GOLONGRL_CACHE", Path.home() / ".cache" / "golongrl"))
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -89,6 +91,31 @@ def load_model(path: str, device: torch.device, trust_remote_code: bool = False)
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
                                                 trust_remote_code=trust_remote_code).to(device)
+
+
+def enable_checkpointing(model: nn.Module, keep_attention: bool = False):
+    """Gradient checkpointing of every decoder layer, non-reentrant (works under DDP and FSDP2):
+    backward recomputes each layer's forward from its input. keep_attention (torch's selective
+    checkpointing) keeps the attention kernels' outputs from the first pass, so the recompute skips
+    the attention itself: a larger share the longer the context (on CPU at 2K tokens about 1 s of a
+    36 s step), for tokens x heads x head_dim values per layer (memory.py: 69 GB per GPU at the
+    paper's 160K-token micro-batch, hence off by default)."""
+    kwargs = {"use_reentrant": False}
+    if keep_attention:
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, attention_ops())
+    model.activation_checkpointing_enable(kwargs)
+
+
+def attention_ops() -> list:
+    """The ops whose outputs keep_attention keeps (everything else is recomputed): torch's SDPA
+    kernels (CPU flash, which the split-keys kernel calls; CUDA flash, memory-efficient, cuDNN) and
+    flash-attn's varlen forward where flash-attn registers it as a torch op (2.7 and later)."""
+    aten = torch.ops.aten
+    ops = [aten._scaled_dot_product_flash_attention_for_cpu.default, aten._scaled_dot_product_flash_attention.default,
+           aten._scaled_dot_product_efficient_attention.default, aten._scaled_dot_product_cudnn_attention.default]
+    if attention_module() is not None and hasattr(torch.ops.flash_attn, "_flash_attn_varlen_forward"):
+        ops.append(torch.ops.flash_attn._flash_attn_varlen_forward.default)
+    return ops
 
 
 @torch.no_grad()

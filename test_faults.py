@@ -64,6 +64,7 @@ def word_tokenizer():
     (["--data", "/nonexistent.jsonl"], "--data /nonexistent.jsonl: no such file"),
     (["--eval-data", "missing.jsonl"], "--eval-data missing.jsonl: no such file"),
     (["--advantage", "ppo"], "--advantage 'ppo': must be grpo, tmn or tmn_reweight"),
+    (["--keep-attention", "--no-grad-checkpointing"], "it needs --grad-checkpointing"),
 ])
 def test_bad_flag_refused_at_parse_with_exit_2(flags, says, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import grpo
 import policy
@@ -227,6 +228,61 @@ def test_gradient_checkpointing_needs_the_setting_through_backward():
         lp = policy.forward_logprobs_shared(net, rows, mb, 0, CPU)
     with pytest.raises(torch.utils.checkpoint.CheckpointError):
         policy_loss(lp, rows, mb).backward()
+
+
+class CountAttention(TorchDispatchMode):
+    """Counts the attention kernels' op calls that actually run (a kept output is not a call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.ops = 0, set(policy.attention_ops())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func in self.ops
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("forward", ["shared", "per-row", "per-response"])
+def test_keep_attention_gives_the_same_gradients_without_recomputing_attention(forward, monkeypatch):
+    """--keep-attention: the gradients are bit-identical to full recomputation, and backward runs no
+    attention kernel (checkpointing alone runs each one twice: the forward and its recompute).
+    per-response is the torch kernel without split keys (CUDA's, lower-right causal bias)."""
+    if forward == "per-response":  # CausalBias, a tensor subclass, built under the checkpoint's mode
+        monkeypatch.setattr(attention.packed_torch, "__defaults__", (False,))
+    fwd = policy.forward_logprobs if forward == "per-row" else policy.forward_logprobs_shared
+    rows = make_rows(64, prompt_lens=[8, 5], group_sizes=[2, 3])
+    mb = list(range(len(rows.prompts)))
+    got = {}
+    for keep in (False, True):
+        lm = make_model("qwen3").train()
+        policy.enable_checkpointing(lm, keep)
+        net = policy.Policy(lm, temperature=1.0, chunk=16)
+        with attention.setting(lm), CountAttention() as count:
+            lp = fwd(net, rows, mb, 0, CPU)
+            forward_calls = count.calls
+            policy_loss(lp, rows, mb).backward()
+        assert forward_calls > 0
+        got[keep] = count.calls - forward_calls, {k: p.grad for k, p in net.named_parameters()}
+    (recomputed, full), (kept, sel) = got[False], got[True]
+    assert recomputed == forward_calls and kept == 0
+    assert all(torch.equal(full[k], sel[k]) for k in full)
+
+
+def test_keep_attention_runs_the_flash_path_unchanged(flash_stand_in):
+    """The GPU's code (bf16 autocast, flash-attn varlen, the float32 gather-sum) under selective
+    checkpointing: bit-identical gradients. flash-attn 2.7+ registers its forward as a torch op, which
+    attention_ops lists; the stand-in is plain Python, so here its calls are recomputed either way."""
+    rows = make_rows(64, prompt_lens=[8, 5], group_sizes=[2, 3])
+    mb = list(range(len(rows.prompts)))
+    got = []
+    for keep in (False, True):
+        lm = make_model("llama").train()
+        policy.enable_checkpointing(lm, keep)
+        net = policy.Policy(lm, temperature=1.0, chunk=16)
+        with attention.setting(lm):
+            got.append(grads(net, rows, [mb], shared("flash")))
+    assert flash_stand_in.CALLS["varlen"] > 0
+    assert got[0].keys() == got[1].keys() and all(torch.equal(got[0][k], got[1][k]) for k in got[0])
 
 
 def test_setting_restores_the_attention_also_on_error_and_plain_calls_still_work():
