@@ -104,6 +104,11 @@ def to_flash_dtype(*ts: Tensor) -> list:
 # Plain torch helpers: attention with its log-sum-exp, the merge of two partial attentions, and
 # causal attention aligned bottom-right (flash-attn's alignment) without a dense mask
 
+FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # -> (out, lse float32)
+FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+CPU_FLASH_DECODE = True  # decode's prompt part through FLASH_CPU on CPU (a test turns it off: CUDA's path)
+
+
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
                        mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Softmax attention that also returns the log-sum-exp of the scores (the softmax normalizer).
@@ -321,8 +326,13 @@ def decode_torch(cache, layer, q, k, v, scale):
     P = grid.shape[0]
     grid = grid.reshape(P, n, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * g, D)
     pk, pv = cache.prompt_k[layer], cache.prompt_v[layer]  # [P, Hkv, Lmax, D], read in place
-    key_ok = torch.arange(pk.shape[2], device=q.device) < cache.prompt_lens[:, None]  # [P, Lmax]
-    o_p, lse_p = attention_with_lse(grid, pk, pv, scale, key_ok[:, None, None, :])
+    if q.device.type == "cpu" and CPU_FLASH_DECODE:  # torch's CPU flash kernel: one fused pass (x2.3)
+        parts = [FLASH_CPU(grid[p:p + 1], pk[p:p + 1, :, :L], pv[p:p + 1, :, :L], 0.0, False, scale=scale)
+                 for p, L in enumerate(cache.prompt_lens.tolist())]  # each prompt's own keys: no mask
+        o_p, lse_p = torch.cat([o for o, _ in parts]), torch.cat([s for _, s in parts])
+    else:  # CUDA without flash-attn: scores [P, Hkv, n x g, Lmax], then log-sum-exp and a matmul
+        key_ok = torch.arange(pk.shape[2], device=q.device) < cache.prompt_lens[:, None]  # [P, Lmax]
+        o_p, lse_p = attention_with_lse(grid, pk, pv, scale, key_ok[:, None, None, :])
     o_p = o_p.view(P, Hkv, n, g, D).permute(0, 2, 1, 3, 4).reshape(P * n, H, D)[slot]  # [A, H, D]
     lse_p = lse_p.view(P, Hkv, n, g).permute(0, 2, 1, 3).reshape(P * n, H)[slot]        # [A, H]
     # Own part: all active rows are at the same step, so their own keys are the slots :step+1
@@ -480,10 +490,6 @@ class SplitKeys(torch.autograd.Function):
         own = [FLASH_CPU_BACKWARD(*p, 0.0, True, scale=scale) for p in pieces]  # (dq, dk, dv) each
         dq = dq + torch.cat([d[0] for d in own], 2)
         return (dkp, dvp, dq, torch.cat([d[1] for d in own], 2), torch.cat([d[2] for d in own], 2), None, None)
-
-
-FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # -> (out, lse float32)
-FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
 class GatherSumFloat32(torch.autograd.Function):

@@ -59,8 +59,10 @@ def check_row_invariants(ro, eos: set[int], pad: int, max_new_tokens: int):
 # -----------------------------------------------------------------------------
 # Greedy == model.generate, token for token
 
+@pytest.mark.parametrize("decode", ["cpu-flash", "matmul"])  # matmul: CUDA's torch path, run on CPU
 @pytest.mark.parametrize("family", ["qwen3", "llama"])
-def test_greedy_equals_hf_generate(family):
+def test_greedy_equals_hf_generate(family, decode, monkeypatch):
+    monkeypatch.setattr(attention, "CPU_FLASH_DECODE", decode == "cpu-flash")
     model = tiny_qwen3(initializer_range=INIT) if family == "qwen3" else tiny_llama(initializer_range=INIT)
     V, new, n = model.config.vocab_size, 14, 3
     prompts = random_prompts(V, [9, 2, 23, 5])
@@ -143,8 +145,10 @@ def test_plan_waves_at_the_paper_recipe_sizes():
 # -----------------------------------------------------------------------------
 # Sampling: log-probs, EOS, limits, seeds, top-k, top-p
 
+@pytest.mark.parametrize("decode", ["cpu-flash", "matmul"])  # matmul: CUDA's torch path, run on CPU
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.7, 8, 0.9)])
-def test_sampled_logprobs_equal_teacher_forced_forward(temperature, top_k, top_p):
+def test_sampled_logprobs_equal_teacher_forced_forward(temperature, top_k, top_p, decode, monkeypatch):
+    monkeypatch.setattr(attention, "CPU_FLASH_DECODE", decode == "cpu-flash")
     # vocab 32: EOS (id 2) comes up often, so rows end at different steps and are dropped mid-batch
     model = tiny_llama(vocab_size=32, initializer_range=INIT)
     prompts, n, new = random_prompts(32, [6, 13, 3]), 4, 20
