@@ -109,7 +109,8 @@ def enable_checkpointing(model: nn.Module, keep_attention: bool = False):
 def attention_ops() -> list:
     """The ops whose outputs keep_attention keeps (everything else is recomputed): torch's SDPA
     kernels (CPU flash, which the split-keys kernel calls; CUDA flash, memory-efficient, cuDNN) and
-    flash-attn's varlen forward where flash-attn registers it as a torch op (2.7 and later)."""
+    flash-attn's varlen forward where flash-attn registers it as a torch op (recent 2.x releases do;
+    with an older one its attention is recomputed as without keep_attention)."""
     aten = torch.ops.aten
     ops = [aten._scaled_dot_product_flash_attention_for_cpu.default, aten._scaled_dot_product_flash_attention.default,
            aten._scaled_dot_product_efficient_attention.default, aten._scaled_dot_product_cudnn_attention.default]

@@ -270,8 +270,9 @@ def test_keep_attention_gives_the_same_gradients_without_recomputing_attention(f
 
 def test_keep_attention_runs_the_flash_path_unchanged(flash_stand_in):
     """The GPU's code (bf16 autocast, flash-attn varlen, the float32 gather-sum) under selective
-    checkpointing: bit-identical gradients. flash-attn 2.7+ registers its forward as a torch op, which
-    attention_ops lists; the stand-in is plain Python, so here its calls are recomputed either way."""
+    checkpointing: bit-identical gradients. Recent flash-attn releases register the forward as a
+    torch op, which attention_ops lists; the stand-in is plain Python, so here its calls are
+    recomputed either way."""
     rows = make_rows(64, prompt_lens=[8, 5], group_sizes=[2, 3])
     mb = list(range(len(rows.prompts)))
     got = []
