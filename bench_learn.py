@@ -21,6 +21,7 @@ def bench_learn(args):
     dozen steps; prints the mean reward of the first and last five steps. SmolLM2-Instruct answers
     right part of the time ("Apple.", "Sure! apple" score 0): the signal GRPO needs."""
     import json
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -40,6 +41,7 @@ def bench_learn(args):
     first, last = sum(r[:5]) / 5, sum(r[-5:]) / 5
     print(f"learn: {steps} steps, mean reward of steps 1-5 {first:.3f} -> steps {steps - 4}-{steps} {last:.3f}")
     print("per-step reward: " + " ".join(f"{x:.2f}" for x in r))
+    shutil.rmtree(out)  # its checkpoints
 
 
 # -----------------------------------------------------------------------------

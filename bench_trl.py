@@ -23,7 +23,7 @@ DIFFERS = ("the loss (TRL's default 'dapo': token-mean, clip 0.2 both sides, 'gr
            "per batch.")
 
 TRL_WORKER = """
-import json, resource, sys, tempfile, time
+import json, resource, shutil, sys, tempfile, time
 sys.path.insert(0, {root!r})
 import torch
 WAY, DATA, STEPS, G, PROMPTS, NEW, LR = {way!r}, {data!r}, {steps}, {G}, {prompts}, {new}, {lr}
@@ -40,6 +40,7 @@ if WAY == "ours":
                 "--save-every", "0", "--save-minutes", "0", "--no-save-optimizer", "--kl-coef", "0"])
     m = [json.loads(l) for l in open(out + "/metrics.jsonl")]
     steps = [(x["step_s"], x["rollout_s"] + x["reward_s"], x["update_s"]) for x in m]
+    shutil.rmtree(out)  # the run's final checkpoint: 0.5 GB per side and context otherwise left in /tmp
 else:
     import datasets, rewards, data, policy
     from transformers import AutoTokenizer, TrainerCallback
@@ -73,6 +74,7 @@ else:
         return out
     tr._generate_and_score_completions = timed
     tr.train()
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)
     steps = [(s, g, s - g) for s, g in zip(times, gen)]
 print(json.dumps(dict(steps=steps, peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
 """
@@ -90,6 +92,7 @@ def bench_trl(args):
     import importlib.util
     import json
     import os
+    import shutil
     import subprocess
     import sys
     import tempfile
@@ -129,6 +132,7 @@ def bench_trl(args):
             print(f"{ctx:7d} {way:5s} {mean[0]:7.1f} {mean[1]:6.1f} {mean[2]:8.1f} {r['peak'] / 2**30:8.2f} "
                   f"{os.getloadavg()[0]:5.1f}", flush=True)
         rows.append((ctx, res))
+        shutil.rmtree(path.parent)
     if set(args.trl_sides) != {"ours", "trl"}:
         return
     print("\nwhat differs: " + DIFFERS)
