@@ -9,6 +9,7 @@ wrote: the final Hugging Face folders, metrics.jsonl and the log.
     ddp      2 ranks, 2 steps, checkpoint every step
     fsdp     2 ranks, 2 steps, checkpoint every step
     resume   fsdp's step-1 checkpoint, then --resume to step 2          == fsdp
+             with --keep-attention (the attention outputs kept, not recomputed: the same bits)
     mixed    ddp's step-1 checkpoint, --resume under fsdp to step 2 (AdamW restarts), with one
              prompt per step and two mini-batches: one rank keeps no rows and joins by dummy passes;
              also the per-row forward (--no-shared-prefix) and the KL reference (--kl-coef)
@@ -110,7 +111,7 @@ run(1, *test_fsdp.args(d, "fsdp", "--shard", "fsdp"))
 if rank == 0:
     for src, dst in (("fsdp", "resume"), ("ddp", "mixed")):
         shutil.copytree(d / src / "checkpoints" / "step_000001", d / dst / "checkpoints" / "step_000001")
-run(2, *test_fsdp.args(d, "resume", "--shard", "fsdp", "--resume"))
+run(2, *test_fsdp.args(d, "resume", "--shard", "fsdp", "--resume", "--keep-attention"))
 run(3, *test_fsdp.args(d, "mixed", "--shard", "fsdp", "--resume", "--prompts-per-step", "1",
                        "--mini-batches", "2", "--no-shared-prefix", "--kl-coef", "0.1"))
 real = train.grpo.policy_loss  # a NaN loss on every rank: the step must be skipped, weights untouched
