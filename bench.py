@@ -237,11 +237,11 @@ PREFIX_WORKER = """
 import functools, gc, json, sys, time, torch
 from types import SimpleNamespace
 sys.path.insert(0, {root!r})
-import attention, grpo, policy
+import attention, grpo, packing, policy
 from transformers import AutoModelForCausalLM
 P, G, R, WAY = {P}, {G}, {R}, {way!r}
 if WAY == "call-each":  # the shared packing with the kernel CUDA's torch path runs: one call per response
-    attention.packed_torch = functools.partial(attention.packed_torch, split_keys=False)
+    packing.packed_torch = functools.partial(packing.packed_torch, split_keys=False)
 
 def status(key):  # bytes, from /proc/self/status
     return next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith(key))
@@ -285,7 +285,7 @@ def bench_prefix(args):
     tokens, per-row (policy.forward_logprobs: G rows [prompt, r_j], G*(P+R) tokens) vs shared
     (policy.forward_logprobs_shared: one packed [prompt, r_1..r_G], P+G*R tokens), and shared with
     one attention call per response (call-each: the torch kernel off CPU) instead of CPU's split keys
-    (attention.responses_split_keys); the whole group in one micro-batch each way. Each measurement runs in a fresh process; peak = growth of peak RSS
+    (packing.responses_split_keys); the whole group in one micro-batch each way. Each measurement runs in a fresh process; peak = growth of peak RSS
     during the call (as in the rollout section), gradient buffers allocated by a warm-up before, so
     the column is the activations, masks and temporaries of the forward and backward. The 2K prompt
     runs first (its ratio is the headline), the load average is printed per row."""

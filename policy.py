@@ -38,7 +38,8 @@ from torch import nn
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
 import grpo
-from attention import ATTN_NAME, PackedGroups, flash_attn_module as attention_module, setting as attention_setting
+from attention import ATTN_NAME, flash_attn_module as attention_module, setting as attention_setting
+from packing import PackedGroups
 
 CACHE = Path(os.environ.get("GOLONGRL_CACHE", Path.home() / ".cache" / "golongrl"))
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -235,7 +236,7 @@ def forward_logprobs(policy, rows, mb: list, pad_id: int, device) -> torch.Tenso
 # Shared-prefix training forward: each prompt once per group, not once per response
 #
 # The per-row forward above runs G rows [prompt, r_j]: G*(P+R) tokens through forward and backward.
-# Here a group is ONE packed sequence [prompt, r_1, ..., r_G], P + G*R tokens; attention.py holds
+# Here a group is ONE packed sequence [prompt, r_1, ..., r_G], P + G*R tokens; packing.py holds
 # its layout (PackedGroups) and kernels, exact in forward and backward against the per-row rows
 # (test_policy.py). The attention setting must stay active until backward has run when gradient
 # checkpointing recomputes layers (train.py keeps `attention.setting` open around the update).

@@ -1,4 +1,5 @@
-"""Tests for attention.py and for the strict flash_attn stand-in the GPU path is tested against.
+"""Tests for attention.py and packing.py, and for the strict flash_attn stand-in the GPU path is
+tested against.
 
     python -m pytest -q test_attention.py
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import attention
+import packing
 import policy
 import rollout
 from conftest import load_flash_stand_in, tiny_llama, tiny_qwen3
@@ -69,7 +71,7 @@ def test_packed_torch_equals_dense_mask_reference():
     """Each response sees the whole prompt and its own earlier tokens, never another response."""
     torch.manual_seed(3)
     P, rs = 5, [3, 0, 4]
-    lay = attention.PackedGroups([P], [rs], "torch", "cpu")
+    lay = packing.PackedGroups([P], [rs], "torch", "cpu")
     S = lay.length
     q, k, v = torch.randn(1, 4, S, 8), torch.randn(1, 2, S, 8), torch.randn(1, 2, S, 8)
     rid = torch.tensor([-1] * P + [0] * 3 + [2] * 4)  # -1 = prompt
@@ -77,7 +79,7 @@ def test_packed_torch_equals_dense_mask_reference():
     mask = (j <= i) & ((rid[None] == -1) | (rid[None] == rid[:, None]))
     want = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
                                           attn_mask=mask, scale=0.3)
-    got = attention.packed_torch(lay, q, k, v, 0.3)  # [1, S, H, D]
+    got = packing.packed_torch(lay, q, k, v, 0.3)  # [1, S, H, D]
     torch.testing.assert_close(got.transpose(1, 2), want, atol=1e-6, rtol=1e-5)
 
 
@@ -100,10 +102,10 @@ def test_packed_torch_values_and_gradients_equal_the_dense_reference(split_keys)
     """Both torch training kernels (CPU: a group's responses split into prompt keys + own keys,
     merged by log-sum-exp; elsewhere: one call per response), outputs and q/k/v gradients."""
     torch.manual_seed(4)
-    lay = attention.PackedGroups([7, 5], [[3, 0, 4, 1], [6, 2]], "torch", "cpu")
+    lay = packing.PackedGroups([7, 5], [[3, 0, 4, 1], [6, 2]], "torch", "cpu")
     q, k, v = (torch.randn(1, h, lay.length, 8, requires_grad=True) for h in (6, 2, 2))
     w = torch.randn(1, lay.length, 6, 8)
-    got = attention.packed_torch(lay, q, k, v, 0.3, split_keys=split_keys)
+    got = packing.packed_torch(lay, q, k, v, 0.3, split_keys=split_keys)
     grads = torch.autograd.grad((got * w).sum(), (q, k, v))
     want = dense_packed_reference(lay, q, k, v, 0.3)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
@@ -115,7 +117,7 @@ def test_split_keys_under_bf16_autocast_is_as_accurate_as_one_call_per_response(
     """The CPU path in the GPU's dtypes: bf16 kernels under autocast, float32 inputs and gradients;
     its error against the float32 reference stays within that of the per-response path."""
     torch.manual_seed(5)
-    lay = attention.PackedGroups([96], [[24, 17, 30, 9]], "torch", "cpu")
+    lay = packing.PackedGroups([96], [[24, 17, 30, 9]], "torch", "cpu")
     q, k, v = (torch.randn(1, h, lay.length, 64, requires_grad=True) for h in (9, 3, 3))
     w = torch.randn(1, lay.length, 9, 64)
     want = dense_packed_reference(lay, q, k, v, 0.125)
@@ -123,7 +125,7 @@ def test_split_keys_under_bf16_autocast_is_as_accurate_as_one_call_per_response(
     err = {}
     for split in (True, False):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            got = attention.packed_torch(lay, q, k, v, 0.125, split_keys=split)
+            got = packing.packed_torch(lay, q, k, v, 0.125, split_keys=split)
         assert got.dtype == torch.bfloat16
         g = torch.autograd.grad((got.float() * w).sum(), (q, k, v))
         assert all(t.dtype == torch.float32 for t in g)
@@ -351,7 +353,7 @@ def test_gather_sums_repeated_rows_in_float32():
     """The prompt's K/V gradient is the sum of its G responses' gradients: in float32, not bf16."""
     x = torch.zeros(3, 2, requires_grad=True)
     idx = torch.tensor([0, 0, 0, 0, 2])
-    y = attention.GatherSumFloat32.apply(x, idx, BF16)
+    y = packing.GatherSumFloat32.apply(x, idx, BF16)
     assert y.dtype == BF16 and y.shape == (5, 2)
     g = torch.tensor([[256.0, 1.0]] * 4 + [[1.0, 1.0]], dtype=BF16)  # 256 + 1 + 1 + 1 is 259, not 256
     y.backward(g)

@@ -22,6 +22,7 @@ import grpo
 import policy
 from conftest import tiny_llama, tiny_qwen3
 import attention
+import packing
 
 CPU = torch.device("cpu")
 INIT = 0.3  # random weights large enough that attention matters (as in test_rollout)
@@ -248,7 +249,7 @@ def test_keep_attention_gives_the_same_gradients_without_recomputing_attention(f
     attention kernel (checkpointing alone runs each one twice: the forward and its recompute).
     per-response is the torch kernel without split keys (CUDA's, lower-right causal bias)."""
     if forward == "per-response":  # CausalBias, a tensor subclass, built under the checkpoint's mode
-        monkeypatch.setattr(attention.packed_torch, "__defaults__", (False,))
+        monkeypatch.setattr(packing.packed_torch, "__defaults__", (False,))
     fwd = policy.forward_logprobs if forward == "per-row" else policy.forward_logprobs_shared
     rows = make_rows(64, prompt_lens=[8, 5], group_sizes=[2, 3])
     mb = list(range(len(rows.prompts)))
