@@ -15,8 +15,8 @@ packing.py): one probe of flash-attn, one chooser, one function registered with
 modules are unchanged: they project and rotate q, k, v and hand them to `shared_prefix_attention`,
 which reads what to do from a keyword the caller passes down the decoder layers: `rollout_cache` (a
 SharedPrefixCache: prefill or decode) or `shared_prefix` (a packing.PackedGroups: the training
-forward, whose kernels are in packing.py). HF builds no mask for a name it does not know, so no [S,
-S] mask is ever made.
+forward, whose kernels are in packing.py). HF builds no mask for a name it does not know, so
+no [S, S] mask is ever made.
 
 Two kernel families, the same semantics:
 - "flash": flash-attn 2 (`flash_attn_varlen_func`, `flash_attn_with_kvcache`), CUDA only, fp16/bf16.
