@@ -207,7 +207,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         t, c = ctx.temperature, ctx.chunk_size
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        grad_w = None  # [V, H] float32: the first chunk's product, the others added in place (no zero fill)
         for s in range(0, hidden.shape[0], c):
             h = hidden[s:s + c]
             # g = d logp / d logits = onehot - softmax, built in place in the one [c, V] buffer
@@ -216,8 +216,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
             g.mul_(grad_out[s:s + c, None].float() / t)                          # chain rule, [c, V]
             if want_h:
                 grad_h[s:s + c] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
-            if want_w:
-                grad_w += g.T @ h.float()                                        # [V, H] fp32 accum
+            if want_w:  # [V, H] fp32; addmm_ adds in place, no second [V, H] per chunk
+                grad_w = g.T @ h.float() if grad_w is None else grad_w.addmm_(g.T, h.float())
+        if want_w and grad_w is None:  # no tokens: a zero gradient
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         return grad_h, (grad_w.to(weight.dtype) if want_w else None), None, None, None
 
 

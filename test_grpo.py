@@ -231,6 +231,14 @@ def test_token_logprobs_only_hidden_grad_and_shapes():
         token_logprobs(h, W, y[:5])
 
 
+def test_token_logprobs_no_tokens_gives_zero_weight_grad():
+    """No response tokens (the backward's chunk loop never runs): a zero [V, H] gradient, not None."""
+    h = torch.randn(0, 8, requires_grad=True)
+    W = torch.randn(20, 8, requires_grad=True)
+    token_logprobs(h, W, torch.zeros(0, dtype=torch.long)).sum().backward()
+    assert W.grad.shape == W.shape and not W.grad.any() and h.grad.shape == (0, 8)
+
+
 def test_token_logprobs_never_holds_full_logits():
     """Autograd keeps nothing of size [N, V]: the saved tensors are the inputs and a [N] logsumexp."""
     N, H, V, chunk = 256, 16, 4096, 32
