@@ -18,8 +18,8 @@ DIFFERS = ("the loss (TRL's default 'dapo': token-mean, clip 0.2 both sides, 'gr
            "group at a time (--micro-batch-tokens = the longest prompt allowed + G x new tokens; the same "
            "gradient); both checkpoint every layer, but ours keeps each layer's attention output for its "
            "backward (--keep-attention: 6.5 MB per layer at 2K, 0.2 GB per group; TRL recomputes it); on CPU "
-           "our trainer fixes glibc's mmap threshold (harness.return_freed_memory), TRL runs with glibc's "
-           "default. The same on both: fused AdamW, fp32, gradient checkpointing, no KL, one optimizer step "
+           "our trainer keeps freed memory in glibc's heap for reuse (harness.reuse_freed_memory), TRL runs "
+           "with glibc's default. The same on both: fused AdamW, fp32, gradient checkpointing, no KL, one optimizer step "
            "per batch.")
 
 TRL_WORKER = """

@@ -402,7 +402,7 @@ def main(argv=None):
     # instead of fragmenting (set before the first CUDA allocation; a value the user set wins)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     rank, world, device = harness.setup_distributed(cfg)
-    harness.return_freed_memory(device)  # CPU: freed activations go back to the OS, not into a heap
+    harness.reuse_freed_memory(device)  # CPU: freed activations stay for reuse, no fresh pages to fault in
     log = print if rank == 0 else (lambda *a, **k: None)
     harness.quiet_other_ranks(rank)
     run = Run(harness.resolve_precision(cfg, device), rank, world, device, log)
