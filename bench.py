@@ -370,6 +370,7 @@ def bench_profile(args):
         for mod, name, real in saved:
             setattr(mod, name, real)
     total = time.perf_counter() - t
+    print("(the run's folder named above, its checkpoint and metrics, was temporary and is removed)")
     print("\nseconds over 2 default steps (python train.py --steps 2):")
     for key in keys:
         print(f"  {key:44s} {spent[key]:6.1f}")
