@@ -125,7 +125,7 @@ def seconds_since(t0: float, device: torch.device) -> float:
 # OS once it exceeds the "trim threshold". Memory handed back costs, when next used, a page fault and a
 # kernel zero-fill per 4 KB page. The update allocates and frees the same activation sizes layer after
 # layer (10-30 MB per layer on SmolLM2 at 2K-4K tokens): at 4K-token prompts an 8 MB threshold meant
-# 45 million page faults and 82 s of system time in 3 steps, the steps 15% slower. So on CPU the
+# 45 million page faults and 82 s of system time in 3 steps, the steps 21% slower. So on CPU the
 # trainer keeps freed memory for reuse: blocks under CPU_MMAP_THRESHOLD come from the heap (glibc's
 # own threshold reaches that only after the first such block is freed), and the heap is never trimmed.
 # The peak RSS is then the peak of live tensors plus what the heap cannot reuse; blocks over the
